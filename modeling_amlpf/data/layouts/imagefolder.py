@@ -1,0 +1,101 @@
+"""A generic folder per class: `<root>/<class>/**/<image>`, optionally grouped by a `path,group` csv."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+
+from ..errors import DataLayoutError, raise_if_problems
+from ..index import ImageIndex
+from ..listing import list_dir, walk_files
+
+logger = logging.getLogger(__name__)
+
+EXPECTED_LAYOUT = """<data_dir>/
+  <class name>/<image files, sub-folders allowed>
+  ...        (one folder per class; class order = sorted folder names unless class_names=[...] is given)
+  optional groups csv (groups_csv=PATH): columns path,group with path relative to <data_dir>"""
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+
+
+def _resolve_groups_csv(groups_csv: str, root: str) -> str:
+    for candidate in (groups_csv, os.path.join(root, groups_csv)):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise DataLayoutError(f"groups_csv {groups_csv!r} not found (looked in the working directory and in {root}).")
+
+
+def _read_groups(path: str, root: str, image_paths: set[str]) -> dict[str, str]:
+    """Map image paths (relative to `root`) to group ids; every image needs exactly one row."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        fields = [name.strip() for name in reader.fieldnames or []]
+        if "path" not in fields or "group" not in fields:
+            raise DataLayoutError(f"{path} needs the columns path,group (found: {', '.join(fields) or 'none'}).")
+        reader.fieldnames = fields
+        groups: dict[str, str] = {}
+        problems: dict[str, list[str]] = {
+            "rows naming files that are not images of the class folders": [],
+            "paths listed more than once": [],
+        }
+        for line, row in enumerate(reader, start=2):
+            raw = (row["path"] or "").strip().replace("\\", "/")
+            relative = os.path.relpath(raw, root).replace(os.sep, "/") if os.path.isabs(raw) else raw.removeprefix("./")
+            if relative not in image_paths:
+                problems["rows naming files that are not images of the class folders"].append(f"line {line}: {raw}")
+            elif relative in groups:
+                problems["paths listed more than once"].append(f"line {line}: {raw}")
+            else:
+                groups[relative] = (row["group"] or "").strip()
+    problems["images without a row"] = sorted(image_paths - groups.keys())
+    problems["rows with an empty group"] = [p for p, g in groups.items() if not g]
+    raise_if_problems(problems, f"The groups file {path} does not match the images in {root}.")
+    return groups
+
+
+def read_imagefolder(data_dir: str, class_names: Sequence[str] | None = None, groups_csv: str | None = None) -> ImageIndex:
+    """Index one folder per class; without `groups_csv` every image is its own group."""
+    root = os.path.abspath(data_dir)
+    folders, root_files = list_dir(root)
+    if class_names is None:
+        class_names = folders
+    class_names = list(class_names)
+    problems = {
+        "class names without a folder": [name for name in class_names if name not in folders],
+        "folders that are not in class_names": [name for name in folders if name not in class_names],
+        "repeated class names": sorted({name for name in class_names if class_names.count(name) > 1}),
+    }
+    raise_if_problems(problems, f"The class folders of {root} do not match.", f"Expected layout:\n{EXPECTED_LAYOUT}")
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        found = list(walk_files(os.path.join(root, name), f"{name}/"))
+        paths += found
+        labels += [label] * len(found)
+    present = set(labels)
+    empty = [name for label, name in enumerate(class_names) if label not in present]
+    raise_if_problems({"class folders without files": empty}, f"Some class folders of {root} are empty.")
+    loose_images = [name for name in root_files if name.lower().endswith(_IMAGE_SUFFIXES)]
+    if loose_images:
+        logger.warning(
+            "imagefolder: %d image files directly in %s belong to no class folder and are not used: %s",
+            len(loose_images),
+            root,
+            ", ".join(loose_images[:20]),
+        )
+    if groups_csv is None:
+        logger.info("imagefolder: no groups_csv given, so every image is its own group (splits are image-level).")
+        groups, group_kind = list(paths), "image"
+    else:
+        group_of = _read_groups(_resolve_groups_csv(groups_csv, root), root, set(paths))
+        groups, group_kind = [group_of[path] for path in paths], "group from groups_csv"
+    return ImageIndex(
+        root=root,
+        class_names=class_names,
+        paths=paths,
+        labels=labels,
+        groups=groups,
+        group_kind=group_kind,
+        summary=f"image folder {root}, {len(class_names)} classes, groups = {group_kind}",
+    )

@@ -1,0 +1,155 @@
+"""LungHist700 (lung; 3 or 7 classes, 20x/40x), images joined to `data.csv` for patient ids.
+
+`image_id` alone is not unique, so images are matched to csv rows on (superclass, subclass, resolution,
+image_id). The 3-class order is AMLPF-CLIP's (adenocarcinoma, squamous cell carcinoma, normal); the
+dataset's own code orders aca, nor, scc, so never mix the two. The 7-class order is the folders sorted.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+
+from datasets import Value
+
+from ..errors import DataLayoutError, raise_if_problems
+from ..index import ImageIndex
+from ..listing import list_dir
+
+logger = logging.getLogger(__name__)
+
+FOLDERS = ["aca_bd", "aca_md", "aca_pd", "nor", "scc_bd", "scc_md", "scc_pd"]
+THREE_CLASS_NAMES = ["adenocarcinoma", "squamous cell carcinoma", "normal"]
+_SUPERCLASS_TO_THREE = {"aca": 0, "scc": 1, "nor": 2}
+TASKS = ("3class", "7class")
+RESOLUTIONS = ("20x", "40x")
+CSV_COLUMNS = ("superclass", "subclass", "resolution", "image_id", "patient_id")
+EXPECTED_LAYOUT = """LungHist700/
+  data.csv   columns superclass (aca|scc|nor), subclass (bd|md|pd, empty for nor), resolution (20x|40x),
+             image_id, patient_id
+  images/{aca_bd,aca_md,aca_pd,nor,scc_bd,scc_md,scc_pd}/<folder>_<resolution>_<image_id>.jpg
+             e.g. images/aca_bd/aca_bd_20x_901.jpg, images/nor/nor_40x_1.jpg"""
+
+_FILE_NAME = re.compile(r"^(?P<folder>[a-z]+(?:_[a-z]{2})?)_(?P<resolution>\d+x)_(?P<image_id>[^.]+)\.[a-z]+$", re.IGNORECASE)
+
+RowKey = tuple[str, str, str, str]
+
+
+def _normalize_id(value: str) -> str:
+    """'0901', '901' and '901.0' (a csv written by pandas) are the same id."""
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
+def _normalize_subclass(value: str) -> str:
+    text = value.strip().lower()
+    return "" if text in ("", "nan", "none", "null") else text
+
+
+def find_root(data_dir: str) -> str:
+    """Accept the `LungHist700` folder itself or a folder that contains it."""
+    for candidate in (data_dir, os.path.join(data_dir, "LungHist700")):
+        if os.path.isfile(os.path.join(candidate, "data.csv")):
+            return os.path.abspath(candidate)
+    raise DataLayoutError(f"No LungHist700 data.csv in {data_dir}.\nExpected layout:\n{EXPECTED_LAYOUT}")
+
+
+def _read_csv(path: str) -> dict[RowKey, str]:
+    """Map each (superclass, subclass, resolution, image_id) key to its patient id."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        fields = [name.strip() for name in reader.fieldnames or []]
+        missing = [column for column in CSV_COLUMNS if column not in fields]
+        if missing:
+            raise DataLayoutError(f"{path} lacks the columns {', '.join(missing)} (found: {', '.join(fields)}).")
+        reader.fieldnames = fields
+        patients: dict[RowKey, str] = {}
+        duplicates = []
+        for line, row in enumerate(reader, start=2):
+            key = (
+                row["superclass"].strip().lower(),
+                _normalize_subclass(row["subclass"] or ""),
+                row["resolution"].strip().lower(),
+                _normalize_id(row["image_id"]),
+            )
+            if key in patients:
+                duplicates.append(f"line {line}: {key}")
+            patients[key] = _normalize_id(row["patient_id"])
+    raise_if_problems({"rows repeating a (superclass, subclass, resolution, image_id) key": duplicates}, f"{path} has problems.")
+    return patients
+
+
+def _list_images(images_dir: str) -> tuple[dict[RowKey, str], dict[str, list[str]]]:
+    """Map each image's key to its path relative to the data root; collect naming problems."""
+    folders, _ = list_dir(images_dir)
+    problems: dict[str, list[str]] = {
+        "unknown class folders": [f"images/{name}" for name in folders if name not in FOLDERS],
+        "missing class folders": [f"images/{name}" for name in FOLDERS if name not in folders],
+        "file names not <folder>_<resolution>_<image_id>.<ext>": [],
+        "images with the same (class, resolution, image_id)": [],
+    }
+    keys: dict[RowKey, str] = {}
+    for folder in FOLDERS:
+        if folder not in folders:
+            continue
+        superclass, _, subclass = folder.partition("_")
+        _, files = list_dir(os.path.join(images_dir, folder))
+        for name in files:
+            match = _FILE_NAME.match(name)
+            if match is None or match["folder"].lower() != folder:
+                problems["file names not <folder>_<resolution>_<image_id>.<ext>"].append(f"images/{folder}/{name}")
+                continue
+            key = (superclass, subclass, match["resolution"].lower(), _normalize_id(match["image_id"]))
+            if key in keys:
+                problems["images with the same (class, resolution, image_id)"].append(f"{keys[key]} and images/{folder}/{name}")
+            keys[key] = f"images/{folder}/{name}"
+    return keys, problems
+
+
+def read_lunghist700(data_dir: str, task: str = "3class", resolution: str | None = None) -> ImageIndex:
+    """Index LungHist700; `task` "3class" (AMLPF order) or "7class" (folders sorted); optional resolution filter."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown LungHist700 task {task!r}; choose one of {', '.join(TASKS)}.")
+    wanted_resolution = None if resolution is None else str(resolution).strip().lower()
+    if wanted_resolution is not None and wanted_resolution not in RESOLUTIONS:
+        raise ValueError(f"Unknown LungHist700 resolution {resolution!r}; choose one of {', '.join(RESOLUTIONS)} or None.")
+    root = find_root(data_dir)
+    images_dir = os.path.join(root, "images")
+    if not os.path.isdir(images_dir):
+        raise DataLayoutError(f"No images/ folder in {root}.\nExpected layout:\n{EXPECTED_LAYOUT}")
+    patients = _read_csv(os.path.join(root, "data.csv"))
+    image_keys, problems = _list_images(images_dir)
+    problems["images without a data.csv row"] = [path for key, path in image_keys.items() if key not in patients]
+    problems["data.csv rows without an image"] = [
+        f"superclass={s} subclass={c or '(empty)'} resolution={r} image_id={i}" for (s, c, r, i) in patients if (s, c, r, i) not in image_keys
+    ]
+    raise_if_problems(problems, f"The LungHist700 files in {root} do not match.", f"Expected layout:\n{EXPECTED_LAYOUT}")
+    rows = sorted((path, key) for key, path in image_keys.items() if wanted_resolution in (None, key[2]))
+    if not rows:
+        raise DataLayoutError(f"No LungHist700 images at resolution {wanted_resolution} in {images_dir}.")
+    class_names = THREE_CLASS_NAMES if task == "3class" else FOLDERS
+    labels = [
+        _SUPERCLASS_TO_THREE[key[0]] if task == "3class" else FOLDERS.index("_".join(filter(None, key[:2])))
+        for _, key in rows
+    ]
+    return ImageIndex(
+        root=root,
+        class_names=list(class_names),
+        paths=[path for path, _ in rows],
+        labels=labels,
+        groups=[patients[key] for _, key in rows],
+        group_kind="patient",
+        metadata={
+            "resolution": [key[2] for _, key in rows],
+            "superclass": [key[0] for _, key in rows],
+            "subclass": [key[1] for _, key in rows],
+        },
+        metadata_features={name: Value("string") for name in ("resolution", "superclass", "subclass")},
+        summary=f"LungHist700 lung histology, task {task!r}, resolution {wanted_resolution or 'all'}, groups = patients",
+    )

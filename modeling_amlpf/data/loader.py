@@ -1,0 +1,282 @@
+"""`load_histo_dataset`: one call from a folder as distributed to a group-disjoint `DatasetDict`.
+
+Steps: resolve the data folder -> read the layout into an `ImageIndex` (paths, labels, groups) -> verify
+every image decodes (cached scan) -> choose the split (generated, official, or from split files) ->
+build one `Dataset` per part whose `image` column holds file PATHS decoded lazily as RGB.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Image, Value
+
+from . import demo
+from .errors import BadImageError, bullet_list
+from .index import ImageIndex
+from .layouts import LAYOUTS
+from .paths import DATA_DIR_ENV, default_data_dir
+from .provenance import describe
+from .scan import ScanReport, scan_images
+from .split_files import load_split_file, parts_from_reference_files, parts_from_split_file
+from .splits import PART_NAMES, check_disjoint, check_fractions, group_stratified_split, warn_missing_classes
+
+logger = logging.getLogger(__name__)
+
+DATASET_NAMES = ("chaoyang", "breakhis", "lunghist700", "imagefolder", "demo")
+BAD_IMAGE_POLICIES = ("error", "skip")
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_VAL_FRACTION = 0.1
+_SPLIT_OPTIONS = ("test_fraction", "val_fraction", "split_files", "split_file")
+
+
+def _check_name(name: str) -> str:
+    key = str(name).strip().lower()
+    if key not in DATASET_NAMES:
+        raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.")
+    return key
+
+
+def _resolve_data_dir(name: str, data_dir: str | os.PathLike | None) -> str:
+    """The folder to read; `demo` data is generated on first use."""
+    if name == "demo":
+        return demo.ensure_demo_data(None if data_dir is None else os.fspath(data_dir))
+    path = default_data_dir(name) if data_dir is None else os.path.abspath(os.fspath(data_dir))
+    if not os.path.isdir(path):
+        how = "given as data_dir" if data_dir is not None else f"the default (${DATA_DIR_ENV}/{name} or ./data/{name})"
+        raise FileNotFoundError(
+            f"The {name} data folder {path} ({how}) does not exist.\n"
+            f"Expected layout:\n{LAYOUTS[name].expected_layout}\n"
+            f"Point to it with --data_dir PATH on the command line, data_dir=PATH in Python, or set "
+            f"{DATA_DIR_ENV} to a folder holding one sub-folder per dataset ({DATA_DIR_ENV}/{name})."
+        )
+    return path
+
+
+def _layout_options(name: str, options: dict, saved_options: dict | None) -> dict:
+    """The reader's keyword options: defaults, then a reloaded split file's, then the caller's."""
+    if name == "demo":
+        if options:
+            raise ValueError(f"The demo dataset takes no options besides {', '.join(_SPLIT_OPTIONS)}; got {', '.join(options)}.")
+        return {}
+    accepted = LAYOUTS[name].options
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {', '.join(unknown)} for {name}; accepted: "
+            f"{', '.join([*accepted, *_SPLIT_OPTIONS])}."
+        )
+    resolved = dict(accepted)
+    for key, value in (saved_options or {}).items():
+        if key in accepted:
+            resolved[key] = value
+    for key, value in options.items():
+        if saved_options and key in saved_options and saved_options[key] != value:
+            logger.warning("Option %s=%r overrides %r from the split file.", key, value, saved_options[key])
+        resolved[key] = value
+    return resolved
+
+
+def _read_index(name: str, folder: str, layout_options: dict) -> ImageIndex:
+    if name == "demo":
+        index = LAYOUTS["imagefolder"].reader(folder, class_names=demo.DEMO_CLASS_NAMES, groups_csv=demo.GROUPS_FILE)
+        index.summary = (
+            "SYNTHETIC demo data (generated H&E-like tiles, NOT real histology): "
+            f"{len(demo.DEMO_CLASS_NAMES)} classes, groups = synthetic patients"
+        )
+        index.group_kind = "synthetic patient"
+        return index
+    return LAYOUTS[name].reader(folder, **layout_options)
+
+
+def _scan(index: ImageIndex, on_bad_image: str) -> tuple[ImageIndex, list[str], ScanReport]:
+    """Verify all images; raise on bad ones or drop them (policy "skip"). Returns (index, image files, report)."""
+    result = scan_images(index.root, index.paths)
+    report = result.report
+    if report.bad_images and on_bad_image == "error":
+        raise BadImageError(
+            f"{len(report.bad_images)} file(s) under {index.root} are not readable images:\n"
+            f"{bullet_list(f'{path}: {reason}' for path, reason in report.bad_images)}\n"
+            "Remove or replace them, or leave them out with on_bad_image=\"skip\" (command line: --on_bad_image skip).",
+            report.bad_images,
+        )
+    if report.rgb8_copies:
+        logger.info("%d 16-bit/float/transparent images are read through 8-bit RGB copies in the cache.", len(report.rgb8_copies))
+    if not report.bad_images:
+        return index, result.image_files, report
+    report.skipped = True
+    logger.warning(
+        "Skipping %d unreadable file(s) (on_bad_image='skip'); they are listed in scan_report(dataset):\n%s",
+        len(report.bad_images),
+        bullet_list(f"{path}: {reason}" for path, reason in report.bad_images),
+    )
+    keep = [i for i, status in enumerate(result.status) if status != "bad"]
+    return index.subset(keep), [result.image_files[i] for i in keep], report
+
+
+def _carve_validation(index: ImageIndex, pool: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split `pool` (positions) into (train, validation), group-disjoint, validation ~ val_fraction of it."""
+    pool = list(pool)
+    if val_fraction == 0 or not pool:
+        return pool, []
+    found = group_stratified_split(
+        [index.labels[i] for i in pool],
+        [index.groups[i] for i in pool],
+        {"train": 1.0 - val_fraction, "validation": val_fraction},
+        seed,
+        num_classes=len(index.class_names),
+    )
+    return [pool[i] for i in found["train"]], [pool[i] for i in found["validation"]]
+
+
+def _make_parts(
+    index: ImageIndex, given_dir: str, seed: int, split_options: dict, saved: dict | None, skipped: list[str]
+) -> tuple[dict[str, list[int]], str]:
+    """Positions of each part and a word for where the split came from."""
+    val_fraction = split_options["val_fraction"]
+    if saved is not None or split_options.get("split_files") is not None:
+        if saved is not None:
+            listed, dropped = parts_from_split_file(saved, index, given_dir, skipped)
+            source = "split_file"
+        else:
+            listed, dropped = parts_from_reference_files(split_options["split_files"], index, given_dir, skipped)
+            source = "split_files"
+        if dropped:
+            logger.warning("%d image(s) named by the split are left out as unreadable: %s", len(dropped), ", ".join(dropped))
+        if "validation" not in listed:
+            listed["train"], listed["validation"] = _carve_validation(index, listed["train"], val_fraction, seed)
+            source += " (validation carved from train)"
+        unused = len(index) - sum(len(positions) for positions in listed.values())
+        if unused:
+            logger.warning("%d of %d images are in no part of the split and are not used.", unused, len(index))
+        return {part: listed[part] for part in PART_NAMES}, source
+    if index.predefined_test is not None:
+        test = [i for i, is_test in enumerate(index.predefined_test) if is_test]
+        train, validation = _carve_validation(index, [i for i, is_test in enumerate(index.predefined_test) if not is_test], val_fraction, seed)
+        return {"train": train, "validation": validation, "test": test}, "official test set, validation carved from official train"
+    test_fraction = split_options["test_fraction"]
+    found = group_stratified_split(
+        index.labels,
+        index.groups,
+        {"train": 1.0 - test_fraction - val_fraction, "validation": val_fraction, "test": test_fraction},
+        seed,
+        num_classes=len(index.class_names),
+    )
+    return {part: found[part].tolist() for part in PART_NAMES}, "generated"
+
+
+def _check_parts(index: ImageIndex, parts: dict[str, list[int]], source: str) -> None:
+    """Assert the invariants of generated splits; report group overlap of given ones."""
+    if source in ("generated", "official test set, validation carved from official train"):
+        assert sum(len(p) for p in parts.values()) == len(index) == len({i for p in parts.values() for i in p})
+    for (first, second), shared in check_disjoint(parts, index.groups).items():
+        if not shared:
+            continue
+        message = f"{len(shared)} {index.group_kind} group(s) appear in both {first} and {second} ({source})"
+        if source == "generated" or {first, second} == {"train", "validation"} and "carved" in source:
+            raise AssertionError(f"Internal error: {message}.")
+        logger.warning("%s; such a split is not %s-disjoint.", message, index.group_kind)
+    warn_missing_classes(parts, index.labels, index.class_names)
+
+
+def _build_dataset_dict(index: ImageIndex, image_files: list[str], parts: dict[str, list[int]], name: str, description: str) -> DatasetDict:
+    features = Features(
+        {
+            "image": Image(mode="RGB"),
+            "label": ClassLabel(names=list(index.class_names)),
+            "group": Value("string"),
+            "path": Value("string"),
+            **{column: index.metadata_features.get(column, Value("string")) for column in index.metadata},
+        }
+    )
+    result = DatasetDict()
+    for part in PART_NAMES:
+        positions = parts[part]
+        columns = {
+            "image": [image_files[i] for i in positions],
+            "label": [index.labels[i] for i in positions],
+            "group": [index.groups[i] for i in positions],
+            "path": [index.paths[i] for i in positions],
+            **{column: [values[i] for i in positions] for column, values in index.metadata.items()},
+        }
+        info = DatasetInfo(description=description, dataset_name=name, features=features)
+        result[part] = Dataset.from_dict(columns, features=features, info=info, split=part)
+    return result
+
+
+def load_histo_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    split_seed: int = 1,
+    on_bad_image: str = "error",
+    **options,
+) -> DatasetDict:
+    """Load a histopathology dataset as a `DatasetDict` with group-disjoint `train`/`validation`/`test`.
+
+    Args:
+        name: one of `DATASET_NAMES` ("chaoyang", "breakhis", "lunghist700", "imagefolder", "demo"; demo is
+            SYNTHETIC data generated locally).
+        data_dir: the dataset folder as distributed. None: `$AMLPF_DATA_DIR/<name>` or `./data/<name>`;
+            for demo the cache (`$AMLPF_CACHE/demo` or `~/.cache/amlpf/demo`).
+        split_seed: seed of the generated split (seeds 1..10 give ten different splits).
+        on_bad_image: "error" (default) raises one `BadImageError` naming every unreadable file; "skip"
+            leaves them out and records them in `scan_report(dataset)`.
+        **options: per dataset (see the layout modules): chaoyang `protocol` ("official" | "resplit");
+            breakhis `task` ("8class" | "binary"), `magnification` ("40X", ... or None); lunghist700 `task`
+            ("3class" | "7class"), `resolution` ("20x" | "40x" | None); imagefolder `class_names`,
+            `groups_csv`. For all: `test_fraction` (0.2), `val_fraction` (0.1; with an official test set or
+            given split files it is the share carved out of train), `split_files` ({"train": path,
+            "test": path, "validation": path (optional)}, reference-style `<path> <label>` lines),
+            `split_file` (a JSON file written by `export_split`, reloaded exactly).
+
+    Columns: `image` (file path, decoded lazily as RGB), `label` (ClassLabel, canonical order), `group`,
+    `path` (relative to the data root) and per-dataset metadata. Provenance (options, seed, scan report)
+    travels in `info.description`; read it with `read_provenance` / `scan_report`.
+    """
+    name = _check_name(name)
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {on_bad_image!r}.")
+    split_options = {key: options.pop(key) for key in _SPLIT_OPTIONS if key in options}
+    saved = load_split_file(split_options["split_file"]) if split_options.get("split_file") is not None else None
+    if saved is not None and saved["dataset"] != name:
+        raise ValueError(f"The split file {split_options['split_file']} is for {saved['dataset']!r}, not {name!r}.")
+    layout_options = _layout_options(name, options, saved["options"] if saved else None)
+    official_test = name == "chaoyang" and layout_options["protocol"] == "official"
+    if official_test and split_options.get("test_fraction") is not None and saved is None and not split_options.get("split_files"):
+        raise ValueError("test_fraction has no effect with Chaoyang protocol='official' (the official test set is used); use protocol='resplit'.")
+    split_options.setdefault("test_fraction", DEFAULT_TEST_FRACTION)
+    split_options.setdefault("val_fraction", DEFAULT_VAL_FRACTION)
+    check_fractions(split_options["test_fraction"], split_options["val_fraction"])
+
+    folder = _resolve_data_dir(name, data_dir)
+    index = _read_index(name, folder, layout_options)
+    index, image_files, report = _scan(index, on_bad_image)
+    skipped = [path for path, _ in report.bad_images]
+    parts, source = _make_parts(index, folder, split_seed, split_options, saved, skipped)
+    _check_parts(index, parts, source)
+
+    counts = {part: len(positions) for part, positions in parts.items()}
+    logger.info("%s: %d images, split %s (seed %d): %s", name, len(index), source, split_seed, counts)
+    provenance = {
+        "dataset": name,
+        "options": {
+            **layout_options,
+            "val_fraction": split_options["val_fraction"],
+            **({} if official_test else {"test_fraction": split_options["test_fraction"]}),
+        },
+        "split_seed": saved.get("split_seed", split_seed) if saved else split_seed,
+        "split_source": source,
+        "class_names": list(index.class_names),
+        "group_kind": index.group_kind,
+        "data_root": index.root,
+        "counts": counts,
+        "scan": report.to_dict(),
+    }
+    summary = (
+        f"{index.summary}. Split: {source}, seed {provenance['split_seed']}, groups never shared between "
+        f"generated parts; images per part {counts}; unreadable images skipped: {len(skipped)}."
+    )
+    return _build_dataset_dict(index, image_files, parts, name, describe(summary, provenance))

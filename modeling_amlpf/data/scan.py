@@ -1,0 +1,175 @@
+"""Verify that every image decodes, once per file version, and remember the answer.
+
+A full decode is the only reliable way to catch truncated files (Pillow's `verify()` misses many), so the
+scan decodes each image; JPEGs at 1/8 scale through `draft()`, which still reads every byte of the
+entropy-coded data. Results are cached in `$AMLPF_CACHE/scan/<root hash>.json` (default
+`~/.cache/amlpf/scan/`), keyed by relative path and checked against (size, mtime): a second load of the
+same tree decodes nothing. Images whose modes Pillow cannot convert to RGB faithfully (16-bit, float,
+real transparency) get an 8-bit RGB copy in `$AMLPF_CACHE/rgb8/` that the dataset reads instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image, ImageOps
+
+from .listing import join_relative
+from .paths import cache_dir
+from .rgb import needs_rgb8_copy
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+OK, BAD, RGB8 = "ok", "bad", "rgb8"
+
+
+@dataclasses.dataclass
+class ScanReport:
+    """What the image scan found.
+
+    Attributes:
+        bad_images: (path relative to the data root, reason) of every file that does not decode.
+        skipped: True when the bad images were left out (`on_bad_image="skip"`), False when none were found.
+        rgb8_copies: relative paths read through an 8-bit RGB copy (16-bit, float or transparent images).
+        num_scanned: images checked (cached answers included).
+        num_decoded: images actually decoded by this scan (cache misses).
+    """
+
+    bad_images: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    skipped: bool = False
+    rgb8_copies: list[str] = dataclasses.field(default_factory=list)
+    num_scanned: int = 0
+    num_decoded: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ScanReport:
+        report = cls(**data)
+        report.bad_images = [tuple(entry) for entry in report.bad_images]
+        return report
+
+
+def rgb8_copy_path(absolute_path: str, size: int, mtime_ns: int) -> str:
+    """Where the 8-bit RGB copy of one file version lives."""
+    digest = hashlib.sha1(f"{absolute_path}|{size}|{mtime_ns}".encode()).hexdigest()
+    return cache_dir("rgb8", f"{digest}.png")
+
+
+def check_image(path: str, rgb8_path: str) -> tuple[str, str]:
+    """Decode one file: (OK, mode), (RGB8, mode) after writing its 8-bit copy, or (BAD, reason)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return BAD, "empty file (0 bytes)"
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+            mode = image.mode
+            if needs_rgb8_copy(image):
+                _write_rgb8_copy(path, rgb8_path)
+                return RGB8, mode
+            image.convert("RGB")
+            return OK, mode
+    except Exception as error:  # noqa: BLE001 - any decoder failure makes the file unusable
+        return BAD, f"{type(error).__name__}: {error}"
+
+
+def _write_rgb8_copy(path: str, target: str) -> None:
+    # Imported here: only the rare 16-bit/transparent image needs the processor (and torch).
+    from ..image_processing_amlpf import to_rgb
+
+    with Image.open(path) as image:
+        image.load()
+        converted = to_rgb(ImageOps.exif_transpose(image))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".png")
+    os.close(handle)
+    converted.save(temporary, format="PNG")
+    os.replace(temporary, target)
+
+
+def _cache_file(root: str) -> str:
+    return cache_dir("scan", hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:16] + ".json")
+
+
+def _read_cache(path: str, root: str) -> dict[str, list]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    if data.get("version") != CACHE_VERSION or data.get("root") != root:
+        return {}
+    return data.get("entries", {})
+
+
+def _write_cache(path: str, root: str, entries: dict[str, list]) -> None:
+    """Atomic write so that concurrent loaders (one per rank) never read half a file."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".json")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump({"version": CACHE_VERSION, "root": root, "entries": entries}, out)
+        os.replace(temporary, path)
+    except OSError as error:
+        logger.warning("Could not write the image scan cache %s (%s); the next load will scan again.", path, error)
+
+
+@dataclasses.dataclass
+class ScanResult:
+    """Per-image outcome aligned with the scanned paths, plus the report."""
+
+    status: list[str]
+    details: list[str]
+    image_files: list[str]
+    report: ScanReport
+
+
+def scan_images(root: str, relative_paths: list[str], workers: int | None = None) -> ScanResult:
+    """Check every image under `root`; `image_files[i]` is what the dataset should open for path i."""
+    root = os.path.abspath(root)
+    cache_path = _cache_file(root)
+    cache = _read_cache(cache_path, root)
+    status, details, image_files = [""] * len(relative_paths), [""] * len(relative_paths), [""] * len(relative_paths)
+    todo: list[tuple[int, str, str, list]] = []
+    for position, relative in enumerate(relative_paths):
+        absolute = join_relative(root, relative)
+        try:
+            stat = os.stat(absolute)
+        except OSError as error:
+            status[position], details[position], image_files[position] = BAD, f"cannot stat: {error}", absolute
+            continue
+        copy = rgb8_copy_path(absolute, stat.st_size, stat.st_mtime_ns)
+        cached = cache.get(relative)
+        fresh = cached is not None and cached[:2] == [stat.st_size, stat.st_mtime_ns]
+        if fresh and (cached[2] != RGB8 or os.path.isfile(copy)):
+            status[position], details[position] = cached[2], cached[3]
+        else:
+            todo.append((position, absolute, copy, [stat.st_size, stat.st_mtime_ns]))
+        image_files[position] = copy if status[position] == RGB8 else absolute
+    if todo:
+        worker_count = workers or min(8, os.cpu_count() or 1)
+        logger.info("Checking %d images under %s that the scan cache does not know yet.", len(todo), root)
+        with ThreadPoolExecutor(max_workers=worker_count) as pool:
+            outcomes = list(pool.map(lambda item: check_image(item[1], item[2]), todo))
+        for (position, absolute, copy, key), (outcome, detail) in zip(todo, outcomes):
+            status[position], details[position] = outcome, detail
+            image_files[position] = copy if outcome == RGB8 else absolute
+            cache[relative_paths[position]] = key + [outcome, detail]
+        _write_cache(cache_path, root, cache)
+    report = ScanReport(
+        bad_images=[(relative_paths[i], details[i]) for i, s in enumerate(status) if s == BAD],
+        rgb8_copies=[relative_paths[i] for i, s in enumerate(status) if s == RGB8],
+        num_scanned=len(relative_paths),
+        num_decoded=len(todo),
+    )
+    return ScanResult(status=status, details=details, image_files=image_files, report=report)

@@ -1,0 +1,251 @@
+"""Human-readable results: split summaries (mean ± sample std), the paper's table layout, and a confusion plot.
+
+Everything here consumes plain metric dicts, either nested as returned by the evaluate module or flat as
+logged by the Trainer (keys optionally prefixed ``test_`` / ``eval_``), so results read back from JSON work too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+# (column title, metric key) in the order of the paper's result tables.
+TABLE_COLUMNS = (
+    ("Accuracy", "accuracy"),
+    ("Precision", "macro_precision"),
+    ("Recall", "macro_recall"),
+    ("F1", "macro_f1"),
+    ("AUROC", "macro_auroc"),
+    ("Kappa", "cohen_kappa"),
+    ("MCC", "mcc"),
+    ("Balanced acc.", "balanced_accuracy"),
+    ("ms/img", "ms_per_image"),
+)
+TIME_KEY = "ms_per_image"
+FRACTION_KEYS = frozenset(key for _, key in TABLE_COLUMNS if key != TIME_KEY)
+PER_CLASS_RECALL_PREFIX = "recall_"
+KEY_PREFIXES = ("", "test_", "eval_")
+_MISSING = "–"
+
+
+def per_class_recall_key(class_name: str) -> str:
+    """Flat, log-safe key of one class's recall ("squamous cell carcinoma" -> "recall_squamous_cell_carcinoma")."""
+    slug = re.sub(r"[^0-9A-Za-z]+", "_", str(class_name)).strip("_")
+    if not slug:
+        raise ValueError(f"class name {class_name!r} has no letters or digits to build a metric key from.")
+    return PER_CLASS_RECALL_PREFIX + slug
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def flatten_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """Scalar view of a metrics dict: ``per_class_recall`` becomes ``recall_<class>`` keys.
+
+    Returns the flat floats and the names of the entries that are not scalars (confusion matrix, notes), so
+    callers can report what they left out instead of dropping it silently.
+    """
+    flat: dict[str, float] = {}
+    non_scalar: list[str] = []
+    for key, value in metrics.items():
+        if _is_scalar(value):
+            flat[key] = float(value)
+        elif key.endswith("per_class_recall") and isinstance(value, Mapping):
+            prefix = key[: -len("per_class_recall")]
+            for class_name, recall in value.items():
+                flat_key = prefix + per_class_recall_key(class_name)
+                if flat_key in flat:
+                    raise ValueError(f"class names collide on the metric key {flat_key!r}; rename the classes.")
+                flat[flat_key] = float(recall)
+        else:
+            non_scalar.append(key)
+    return flat, non_scalar
+
+
+def _lookup(metrics: Mapping[str, Any], key: str):
+    for prefix in KEY_PREFIXES:
+        if prefix + key in metrics:
+            return metrics[prefix + key]
+    return None
+
+
+def _as_float(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def summarize_splits(per_split: Mapping[Any, Mapping[str, Any]]) -> dict:
+    """Mean and sample std (ddof=1, as in the paper) of every scalar metric over the splits.
+
+    Returns ``{"n_splits", "splits", "metrics": {name: {"mean", "std", "n", "values": {split: value}}},
+    "non_scalar_keys", "notes"}``. NaN values (an undefined metric in one split) are left out of that
+    metric's mean/std and counted in ``n``; a single value gets std NaN, both with a note.
+    """
+    if not per_split:
+        raise ValueError("summarize_splits needs the metrics of at least one split.")
+    splits = sorted(per_split)
+    flat_by_split = {}
+    non_scalar: set[str] = set()
+    for split in splits:
+        flat, skipped = flatten_metrics(per_split[split])
+        flat_by_split[split] = flat
+        non_scalar.update(skipped)
+    names = list(dict.fromkeys(name for split in splits for name in flat_by_split[split]))
+
+    metrics, notes = {}, []
+    for name in names:
+        values = {split: flat_by_split[split][name] for split in splits if name in flat_by_split[split]}
+        finite = np.array([v for v in values.values() if not math.isnan(v)], dtype=np.float64)
+        if len(values) < len(splits):
+            notes.append(f"{name}: missing in splits {[s for s in splits if s not in values]}")
+        if len(finite) < len(values):
+            notes.append(f"{name}: NaN in {len(values) - len(finite)} split(s), left out of mean/std")
+        mean = float(finite.mean()) if len(finite) else float("nan")
+        std = float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
+        metrics[name] = {"mean": mean, "std": std, "n": int(len(finite)), "values": values}
+    if len(splits) == 1:
+        notes.append("a single split: standard deviations are undefined (NaN)")
+    return {
+        "n_splits": len(splits),
+        "splits": splits,
+        "metrics": metrics,
+        "non_scalar_keys": sorted(non_scalar),
+        "notes": notes,
+    }
+
+
+def _format_value(value: float, key: str) -> str:
+    if value is None or math.isnan(value):
+        return _MISSING
+    return f"{value:.2f}" if _is_time_key(key) else f"{100.0 * value:.2f}"
+
+
+def _is_time_key(key: str) -> bool:
+    return key == TIME_KEY or key.endswith("_" + TIME_KEY)
+
+
+def _format_mean_std(stats: Mapping[str, Any] | None, key: str) -> str:
+    if stats is None or math.isnan(stats["mean"]):
+        return _MISSING
+    mean = _format_value(stats["mean"], key)
+    if math.isnan(stats["std"]):
+        return mean
+    return f"{mean} ± {_format_value(stats['std'], key)}"
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_summary_markdown(summary: Mapping[str, Any], dataset_name: str, class_names: Sequence[str] | None = None) -> str:
+    """The paper's layout: one row of ``mean ± std`` in percent (ms/img in milliseconds), then one row per split.
+
+    With ``class_names``, a per-class recall table follows, which is where class imbalance shows.
+    """
+    metrics = summary["metrics"]
+    titles = [title for title, _ in TABLE_COLUMNS]
+    n = summary["n_splits"]
+    parts = [f"### {dataset_name}: {n} split{'s' if n != 1 else ''}, mean ± sample std (%; ms/img in ms)", ""]
+    main_row = [dataset_name] + [_format_mean_std(_lookup(metrics, key), key) for _, key in TABLE_COLUMNS]
+    parts += [_markdown_table(["Dataset"] + titles, [main_row]), ""]
+
+    split_rows = []
+    for split in summary["splits"]:
+        row = [str(split)]
+        for _, key in TABLE_COLUMNS:
+            stats = _lookup(metrics, key)
+            row.append(_format_value(stats["values"].get(split) if stats else None, key))
+        split_rows.append(row)
+    parts += ["Per split:", "", _markdown_table(["Split"] + titles, split_rows)]
+
+    if class_names:
+        rows = [[name, _format_mean_std(_lookup(metrics, per_class_recall_key(name)), "recall")] for name in class_names]
+        parts += ["", "Per-class recall (%):", "", _markdown_table(["Class", "Recall"], rows)]
+    if summary.get("notes"):
+        parts += ["", "Notes:"] + [f"- {note}" for note in summary["notes"]]
+    return "\n".join(parts) + "\n"
+
+
+def render_metrics_table(metrics: Mapping[str, Any]) -> str:
+    """One run's metrics as markdown: the paper's metrics in percent, per-class recall, other scalars, then
+    the confusion matrix when present (rows = true class)."""
+    flat, _ = flatten_metrics(metrics)
+    rows, shown = [], set()
+    for title, key in TABLE_COLUMNS:
+        for prefix in KEY_PREFIXES:
+            if prefix + key in flat:
+                rows.append([title + (" (ms)" if key == TIME_KEY else " (%)"), _format_value(flat[prefix + key], key)])
+                shown.add(prefix + key)
+                break
+    for key, value in flat.items():
+        if key in shown:
+            continue
+        bare = next((key[len(p) :] for p in KEY_PREFIXES[1:] if key.startswith(p)), key)
+        if bare.startswith(PER_CLASS_RECALL_PREFIX):
+            rows.append([f"Recall {bare[len(PER_CLASS_RECALL_PREFIX):]} (%)", _format_value(value, bare)])
+        else:
+            rows.append([key, _MISSING if math.isnan(value) else f"{value:.4g}"])
+    text = _markdown_table(["Metric", "Value"], rows)
+
+    confusion = _lookup(metrics, "confusion_matrix")
+    if confusion is not None:
+        recall = _lookup(metrics, "per_class_recall")
+        names = list(recall) if isinstance(recall, Mapping) and len(recall) == len(confusion) else None
+        names = names or [str(i) for i in range(len(confusion))]
+        cm_rows = [[name] + [str(int(c)) for c in row] for name, row in zip(names, confusion)]
+        text += "\n\nConfusion matrix (rows: true, columns: predicted):\n\n"
+        text += _markdown_table(["true \\ pred"] + names, cm_rows)
+    note = _lookup(metrics, "note")
+    if note:
+        text += f"\n\nNote: {note}"
+    return text + "\n"
+
+
+def plot_confusion_matrix(cm, class_names: Sequence[str], path, normalize: bool = True, title: str | None = None) -> Path:
+    """Write a confusion-matrix PNG; colours are row-normalised (recall) when ``normalize``, counts always shown.
+
+    Uses ``matplotlib.figure.Figure`` with an Agg canvas so the backend of a user's session is left alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(cm)
+    n = len(class_names)
+    if counts.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {counts.shape} does not match {n} class names {list(class_names)}.")
+    row_totals = counts.sum(axis=1, keepdims=True)
+    if normalize:
+        shown = np.divide(counts, row_totals, out=np.zeros(counts.shape, dtype=np.float64), where=row_totals > 0)
+        vmax = 1.0
+    else:
+        shown = counts.astype(np.float64)
+        vmax = max(float(shown.max()), 1.0)
+
+    size = 1.0 + 0.9 * n
+    fig = Figure(figsize=(size + 1.5, size + 0.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
+    for i in range(n):
+        for j in range(n):
+            text = f"{shown[i, j]:.2f}\n({int(counts[i, j])})" if normalize else str(int(counts[i, j]))
+            color = "white" if shown[i, j] > 0.5 * vmax else "black"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
+    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(class_names))
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=150)
+    return path
