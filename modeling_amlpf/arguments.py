@@ -47,8 +47,8 @@ class DataArguments:
     split_seeds: str | None = field(
         default=None, metadata={"help": "Run several splits one after another, e.g. '1-10' or '1,3,5'."}
     )
-    test_fraction: float | None = field(default=None, metadata={"help": "Share of groups in the test part."})
-    val_fraction: float | None = field(default=None, metadata={"help": "Share of groups in the validation part."})
+    test_fraction: float | None = field(default=None, metadata={"help": "Share of images in the test part (whole groups are assigned)."})
+    val_fraction: float | None = field(default=None, metadata={"help": "Share of images in the validation part (whole groups are assigned)."})
     split_file: str | None = field(default=None, metadata={"help": "A split.json exported by an earlier run."})
     train_split_file: str | None = field(default=None, metadata={"help": "Reference-style '<path> <label>' lines."})
     validation_split_file: str | None = field(default=None, metadata={"help": "Reference-style validation lines."})

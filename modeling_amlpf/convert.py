@@ -16,7 +16,9 @@ state dict, use ``--model RN50-quickgelu`` or ``--quick_gelu``.
 
 Without ``--prompts``/``--class_names`` the checkpoint gets template prompts for the placeholder classes
 ``class_0, class_1``: replace them with ``set_prompts`` (the training CLI does it from the dataset's classes).
-The image processor uses the paper's ImageNet mean/std unless ``--image_stats clip`` is given.
+The image processor keeps the paper's views with the model's input size as crop size (224 for RN50, 288 for
+RN50x4, ...) and the paper's ImageNet mean/std unless ``--image_stats clip`` is given. ``conversion.json`` records
+the source file name, model name, activation and statistics.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from transformers.utils import logging
 from .configuration_amlpf import AmlpfClipConfig
 from .image_processing_amlpf import AmlpfImageProcessor
 from .modeling_amlpf import AmlpfClipForImageClassification
-from .pretrained import build_without_init, load_matching_state_dict
+from .pretrained import build_without_init, load_matching_state_dict, read_state_dict
 from .prompts import load_prompt_spec, load_prompts, template_prompts
 
 logger = logging.get_logger(__name__)
@@ -84,39 +86,19 @@ def read_clip_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], boo
     """The state dict of an open_clip/OpenAI checkpoint and whether it is OpenAI's TorchScript archive.
 
     TorchScript archives are read with ``torch.jit.load`` (TorchScript code, not arbitrary pickled objects);
-    everything else with ``weights_only=True``. Training checkpoints (``{"state_dict": ...}``) and DDP
-    ``module.`` prefixes are unwrapped.
+    everything else by :func:`~modeling_amlpf.pretrained.read_state_dict` (``weights_only=True`` or safetensors;
+    training checkpoints ``{"state_dict": ...}`` and DDP ``module.`` prefixes are unwrapped).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"CLIP checkpoint {path} does not exist (--checkpoint expects a file)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path), device="cpu")
-    elif _is_torchscript_archive(path):
-        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+    if _is_torchscript_archive(path):
+        state_dict = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(
-                f"{path} could not be read as a plain state dict with torch.load(weights_only=True) ({err}). "
-                "Pass OpenAI's TorchScript archive, an open_clip state dict (.bin/.pt/.pth) or a .safetensors file."
-            ) from err
-    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
-        state_dict = state_dict["state_dict"]
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict of tensors")
-    state_dict = dict(state_dict)
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+        state_dict = read_state_dict(path)
     is_openai_archive = all(key in state_dict for key in OPENAI_ARCHIVE_KEYS)
     for key in OPENAI_ARCHIVE_KEYS:
         state_dict.pop(key, None)
-    not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise ValueError(f"{path}: entries {not_tensors[:10]} are not tensors; expected a CLIP state dict")
     return state_dict, is_openai_archive
 
 
@@ -170,6 +152,15 @@ def timm_tower_for(vision_cfg: dict) -> tuple[str, dict]:
             for i, depth in enumerate(layers)
         ]
     return name, kwargs
+
+
+def uses_quick_gelu(model_name: str, *, is_openai_archive: bool = False, quick_gelu: bool = False) -> bool:
+    """Whether the text tower uses QuickGELU: forced (``--quick_gelu``), named (``-quickgelu`` configs), or
+    OpenAI's TorchScript archive (OpenAI trained with QuickGELU, whatever ``--model`` says)."""
+    named = bool(open_clip_model_config(model_name).get("quick_gelu", False))
+    if is_openai_archive and not (quick_gelu or named):
+        logger.warning(f"OpenAI TorchScript archive given with --model {model_name}: using QuickGELU as OpenAI did")
+    return quick_gelu or named or is_openai_archive
 
 
 def student_config_from_open_clip(
@@ -323,9 +314,7 @@ def convert_open_clip_checkpoint(
         raise ValueError(f"image_stats must be one of {sorted(IMAGE_STATS)}, got {image_stats!r}")
     state_dict, is_openai_archive = read_clip_checkpoint(checkpoint)
     config = open_clip_model_config(model_name)
-    if is_openai_archive and not (quick_gelu or config.get("quick_gelu")):
-        logger.warning(f"{checkpoint} is OpenAI's TorchScript archive: using QuickGELU as OpenAI trained with it")
-        quick_gelu = True
+    quick_gelu = uses_quick_gelu(model_name, is_openai_archive=is_openai_archive, quick_gelu=quick_gelu)
     names, level_prompts = resolve_classes_and_prompts(class_names, prompts)
     model, tokenizer = student_from_open_clip(state_dict, model_name, names, level_prompts, quick_gelu=quick_gelu)
 
@@ -336,7 +325,7 @@ def convert_open_clip_checkpoint(
     image_size = int(config["vision_cfg"]["image_size"])
     AmlpfImageProcessor(crop_size=image_size, image_mean=mean, image_std=std).save_pretrained(output_dir)
     source = {"checkpoint": Path(checkpoint).name, "open_clip_model": model_name, "openai_archive": is_openai_archive,
-              "text_activation": model.config.text_config.hidden_act, "image_stats": image_stats}
+              "text_activation": "quick_gelu" if quick_gelu else "gelu", "image_stats": image_stats}
     (output_dir / "conversion.json").write_text(json.dumps(source, indent=2) + "\n")
     return output_dir
 

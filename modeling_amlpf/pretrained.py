@@ -334,23 +334,27 @@ def student_from_hf_clip(
     text_config = dict(clip_config.text_config.to_dict(), projection_dim=projection_dim)
     vision_config = dict(clip_config.vision_config.to_dict(), projection_dim=projection_dim)
     _check_text_pooling(text_config, tokenizer, origin)
+    levels = list(config_overrides.pop("prompt_levels", None) or [lvl for lvl in PROMPT_LEVELS if lvl in prompts])
     config = AmlpfClipConfig(
         **{
             "vision_backend": "clip", "vision_config": vision_config, "text_config": text_config,
-            "projection_dim": projection_dim, "logit_scale_init_value": float(clip.logit_scale),
-            "class_names": list(class_names), **config_overrides,
+            "projection_dim": projection_dim, "logit_scale_init_value": clip.logit_scale.item(),
+            "prompt_levels": levels, "class_names": list(class_names), **config_overrides,
         }
     )
     model = build_without_init(AmlpfClipForImageClassification, config)
     weights = clip.state_dict()
-    for tower, prefixes in ((model.vision_model, ("vision_model.", "visual_projection.")),
-                            (model.text_model, ("text_model.", "text_projection."))):
+    towers = {"vision_model": ("vision_model.", "visual_projection."), "text_model": ("text_model.", "text_projection.")}
+    unused = [k for k in weights if k != "logit_scale" and not k.startswith(sum(towers.values(), ()))]
+    if unused:
+        raise ValueError(f"{origin}: CLIPModel tensors with no place in the student: {unused[:10]}")
+    for attribute, prefixes in towers.items():
+        tower = getattr(model, attribute)
         part = {k: v for k, v in weights.items() if k.startswith(prefixes)}
         load_matching_state_dict(tower, part, origin=origin, expected=f"a {type(tower).__name__}")
     with torch.no_grad():
         model.logit_scale.copy_(clip.logit_scale.detach().reshape(()))
-        model.fusion_weights.fill_(model._fusion_init_value())
-    model.set_prompts(prompts, tokenizer, class_names=list(class_names))
+    model.set_prompts(prompts, tokenizer, class_names=list(class_names), levels=levels)
     return model.eval(), tokenizer
 
 
@@ -388,6 +392,13 @@ def load_student(
     origin = str(name_or_path)
     path = Path(name_or_path).expanduser()
     local_hint = f"download it (hf download {origin} --local-dir DIR) where the Hub is reachable and pass DIR"
+    if not path.exists() and not _HUB_REPO_ID.match(origin):
+        raise FileNotFoundError(f"student checkpoint {path} does not exist (expected a directory or a Hub id org/name)")
+    if path.is_file():
+        raise ValueError(
+            f"{path} is a file; a student is a checkpoint directory or a Hub id. Convert open_clip/OpenAI files first: "
+            f"python -m modeling_amlpf.convert open_clip --checkpoint {path} --model RN50 --output_dir DIR"
+        )
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.is_file():

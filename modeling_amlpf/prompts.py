@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-PROMPT_LEVELS = ("label", "basic", "detailed")
+from .configuration_amlpf import PROMPT_LEVELS  # one definition for models and prompts
+
 PROMPTS_DIR_ENV = "AMLPF_PROMPTS_DIR"
 BUNDLED_PROMPTS_DIR = Path(__file__).resolve().parents[1] / "configs" / "prompts"
 PROMPT_FILE_SUFFIXES = (".yaml", ".yml", ".json")

@@ -35,9 +35,13 @@ SAMPLE_INDEX = "sample_index"
 
 
 def _dataset_labels(dataset) -> list[int]:
-    """The label column without running the dataset's (image-decoding) transform."""
+    """The label column (``label``, else ``labels``) without running the dataset's image-decoding transform."""
     plain = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
-    return list(plain["label"])
+    names = getattr(plain, "column_names", None) or []
+    column = "label" if "label" in names else "labels"
+    if column not in names:
+        raise ValueError(f"the train dataset needs a 'label' column for class-balanced resampling; it has {names}")
+    return list(plain[column])
 
 
 def epoch_step_scheduler(optimizer, schedule: list[tuple[int, float]], steps_per_epoch: int, base_lr: float):
@@ -203,7 +207,9 @@ class ClassBalancedTrainer(Trainer):
         logs = {f"class_weight/{n}": v for n, v in entry["next_epoch_class_weights"].items()}
         if fusion is not None:
             logs.update({f"fusion_weight/{k}": v for k, v in fusion.items()})
+        should_log = self.control.should_log  # on_log resets it: keep the epoch's loss log that follows
         self.log(logs)
+        self.control.should_log = should_log
         self.write_history(self.args.output_dir)
 
     def _fusion_weights(self) -> dict | None:

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 from datasets import Image as ImageFeature
+from datasets import load_from_disk
 from data_trees import (
     BREAKHIS_CLASSES,
     CHAOYANG_CLASSES,
@@ -200,7 +201,8 @@ def test_lunghist700_seven_classes_and_resolution(tmp_path):
     dd = load_histo_dataset("lunghist700", tree.data_dir, task="7class", resolution="40x")
     assert dd["train"].features["label"].names == sorted(LUNG_FOLDERS)
     found = {p: label for ds in dd.values() for p, label in zip(ds["path"], ds["label"])}
-    expected = {p: LUNG_FOLDERS.index(f) for p, f in tree.extra["folder"].items() if tree.extra["resolution"][p] == "40x"}
+    at_40x = [p for p, resolution in tree.extra["resolution"].items() if resolution == "40x"]
+    expected = {p: LUNG_FOLDERS.index(tree.extra["folder"][p]) for p in at_40x}
     assert found == expected
 
 
@@ -231,9 +233,20 @@ def test_lunghist700_mismatches_between_csv_and_images_are_named(tmp_path):
 
 def test_imagefolder_with_groups_csv(tmp_path):
     tree = make_imagefolder_tree(tmp_path / "f", {"tumour": 12, "normal": 9, "stroma": 6})
-    dd = load_histo_dataset("imagefolder", tree.data_dir, groups_csv=str(tree.groups_csv))
+    dd = load_histo_dataset("imagefolder", tree.data_dir, groups_csv=tree.groups_csv)  # a Path works too
     assert_matches_tree(dd, tree)
     assert tree.class_names == ["normal", "stroma", "tumour"]
+    assert read_provenance(dd)["options"]["groups_csv"] == str(tree.groups_csv)
+
+
+def test_provenance_survives_map_select_transform_and_save(tmp_path):
+    tree = make_imagefolder_tree(tmp_path / "f", write_groups_csv=False)
+    dd = load_histo_dataset("imagefolder", tree.data_dir, split_seed=7)
+    changed = dd["train"].map(lambda row: {"extra": 1}).select([0, 1]).with_transform(lambda batch: batch)
+    assert read_provenance(changed)["split_seed"] == 7
+    dd.save_to_disk(str(tmp_path / "saved"))
+    reloaded = load_from_disk(str(tmp_path / "saved"))
+    assert read_provenance(reloaded)["counts"] == {part: len(ds) for part, ds in dd.items()}
 
 
 def test_imagefolder_class_names_set_the_order(tmp_path):

@@ -248,7 +248,8 @@ def test_split_file_of_another_dataset_is_refused(tmp_path):
     lung = make_lunghist700_tree(tmp_path)
     with pytest.raises(ValueError, match="for 'imagefolder', not 'lunghist700'"):
         load_histo_dataset("lunghist700", lung.data_dir, split_file=path)
-    (tmp_path / "broken.json").write_text(json.dumps({"dataset": "imagefolder", "options": {}, "parts": {"train": [["a", "0", "g"]]}}))
+    broken = {"dataset": "imagefolder", "options": {}, "parts": {"train": [["a", "0", "g"]]}}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(DataLayoutError) as error:
         load_split_file(tmp_path / "broken.json")
     assert "part 'test' missing" in str(error.value) and "train[0]" in str(error.value)

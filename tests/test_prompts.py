@@ -82,12 +82,6 @@ def test_demo_prompts_say_synthetic_and_match_the_generator():
     assert "SYNTHETIC" in (BUNDLED_PROMPTS_DIR / "demo.yaml").read_text()
 
 
-def test_prompt_levels_match_the_model_config():
-    from modeling_amlpf.configuration_amlpf import PROMPT_LEVELS as CONFIG_LEVELS
-
-    assert PROMPT_LEVELS == CONFIG_LEVELS
-
-
 def test_class_names_reorder_the_lists():
     file_order = load_prompts("lunghist700")
     wanted = ["normal", "adenocarcinoma", "squamous cell carcinoma"]

@@ -93,7 +93,9 @@ def _sample_points(rng: np.random.Generator, region: np.ndarray, density: float)
     return np.stack([picked // _SIZE, picked % _SIZE], axis=1) + jitter
 
 
-def _stamp_ellipses(canvas: np.ndarray, centres: np.ndarray, axes: np.ndarray, angles: np.ndarray, values: np.ndarray) -> None:
+def _stamp_ellipses(
+    canvas: np.ndarray, centres: np.ndarray, axes: np.ndarray, angles: np.ndarray, values: np.ndarray
+) -> None:
     """Draw filled soft ellipses (max-blended) into `canvas`; all nuclei in one vectorised pass."""
     if len(centres) == 0:
         return
@@ -131,66 +133,75 @@ def _place_centres(rng: np.random.Generator, count: int, radius: float, margin: 
 
 
 class _Tissue:
+    """Masks and nuclei of one tile, filled in by a class morphology."""
+
     def __init__(self) -> None:
         self.epithelium = np.zeros((_SIZE, _SIZE), dtype=np.float32)
         self.lumen = np.zeros((_SIZE, _SIZE), dtype=np.float32)
-        self.nuclei: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.nuclei: list[tuple[np.ndarray, ...]] = []
 
-    def add_nuclei(self, centres, axes, angles, strength) -> None:
-        self.nuclei.append((np.asarray(centres, np.float32), np.asarray(axes, np.float32), np.asarray(angles, np.float32), np.asarray(strength, np.float32)))
+    def add_gland(self, distance: np.ndarray, outer: np.ndarray, inner: np.ndarray | float) -> None:
+        self.epithelium = np.maximum(self.epithelium, _inside(distance, outer))
+        self.lumen = np.maximum(self.lumen, _inside(distance, inner))
+
+    def add_nuclei(self, centres: np.ndarray, length, width, angles, strength) -> None:
+        """Ellipses with semi-axes (length, width) along `angles`; scalars broadcast over the centres."""
+        count = len(centres)
+        axes = np.stack(np.broadcast_arrays(length, width, np.zeros(count))[:2], axis=1)
+        columns = (centres, axes, np.broadcast_to(angles, count), np.broadcast_to(strength, count))
+        self.nuclei.append(tuple(np.asarray(column, np.float32) for column in columns))
 
 
 def _round_glands(rng: np.random.Generator, tissue: _Tissue, serrated: bool) -> None:
     radius = rng.uniform(15, 20)
     for cy, cx in _place_centres(rng, int(rng.integers(3, 6)), radius, margin=4):
-        r = radius * rng.uniform(0.85, 1.15)
-        dist, theta = _polar(cy, cx)
-        outer = r * (1 + 0.05 * np.sin(2 * theta + rng.uniform(0, 6.3)))
-        if serrated:
+        distance, theta = _polar(cy, cx)
+        outer = radius * rng.uniform(0.85, 1.15) * (1 + 0.05 * np.sin(2 * theta + rng.uniform(0, 6.3)))
+        if serrated:  # star-shaped lumen: a triangle wave of 9-13 teeth around the gland
             teeth = rng.integers(9, 14)
-            saw = 2 * np.abs(((teeth * theta / (2 * np.pi) + rng.uniform()) % 1.0) - 0.5) * 2 - 1  # triangle wave
-            inner = 0.55 * outer * (1 + 0.3 * saw)
+            saw = 4 * np.abs(((teeth * theta / (2 * np.pi) + rng.uniform()) % 1.0) - 0.5) - 1
+            tissue.add_gland(distance, outer, 0.55 * outer * (1 + 0.3 * saw))
         else:
-            inner = 0.5 * outer
-        tissue.epithelium = np.maximum(tissue.epithelium, _inside(dist, outer))
-        tissue.lumen = np.maximum(tissue.lumen, _inside(dist, inner))
-        band = (dist > 0.78 * outer) & (dist < 0.95 * outer)
-        centres = _sample_points(rng, band, 0.09 if serrated else 0.07)
+            tissue.add_gland(distance, outer, 0.5 * outer)
+        basal_band = (distance > 0.78 * outer) & (distance < 0.95 * outer)
+        centres = _sample_points(rng, basal_band, 0.09 if serrated else 0.07)
         size = rng.uniform(1.7, 2.1, len(centres)) if serrated else rng.uniform(1.4, 1.8, len(centres))
-        tissue.add_nuclei(centres, np.stack([size * 1.15, size], 1), rng.uniform(0, np.pi, len(centres)), rng.uniform(0.95, 1.15, len(centres)))
+        orientation = rng.uniform(0, np.pi, len(centres))
+        tissue.add_nuclei(centres, size * 1.15, size, orientation, rng.uniform(0.95, 1.15, len(centres)))
 
 
 def _tubular_glands(rng: np.random.Generator, tissue: _Tissue) -> None:
     minor = rng.uniform(10, 13)
     angle = rng.uniform(0, np.pi)  # neighbouring crypts run roughly parallel
     for cy, cx in _place_centres(rng, int(rng.integers(2, 4)), minor * 1.2, margin=0):
-        aspect = rng.uniform(2.3, 3.0)
-        gland_angle = angle + rng.normal(0, 0.2)
-        dist, theta = _polar(cy, cx, gland_angle, aspect)
+        distance, theta = _polar(cy, cx, angle + rng.normal(0, 0.2), rng.uniform(2.3, 3.0))
         outer = minor * (1 + 0.04 * np.sin(3 * theta + rng.uniform(0, 6.3)))
-        tissue.epithelium = np.maximum(tissue.epithelium, _inside(dist, outer))
-        tissue.lumen = np.maximum(tissue.lumen, _inside(dist, 0.32 * outer))
-        band = (dist > 0.38 * outer) & (dist < 0.95 * outer)
-        centres = _sample_points(rng, band, 0.11)
-        radial = np.arctan2(centres[:, 0] - cy, centres[:, 1] - cx) if len(centres) else np.zeros(0)
+        tissue.add_gland(distance, outer, 0.32 * outer)
+        # Crowded, pseudostratified, pencil-shaped nuclei pointing away from the gland centre.
+        centres = _sample_points(rng, (distance > 0.38 * outer) & (distance < 0.95 * outer), 0.11)
+        radial = np.arctan2(centres[:, 0] - cy, centres[:, 1] - cx)
         length = rng.uniform(2.8, 3.6, len(centres))
-        tissue.add_nuclei(centres, np.stack([length, length * rng.uniform(0.32, 0.42, len(centres))], 1), radial, rng.uniform(1.25, 1.45, len(centres)))
+        width = length * rng.uniform(0.32, 0.42, len(centres))
+        tissue.add_nuclei(centres, length, width, radial, rng.uniform(1.25, 1.45, len(centres)))
 
 
 def _cribriform_masses(rng: np.random.Generator, tissue: _Tissue) -> None:
     radius = rng.uniform(26, 34)
     for cy, cx in _place_centres(rng, int(rng.integers(1, 3)), radius, margin=-8):
-        dist, theta = _polar(cy, cx)
-        outer = radius * (1 + sum(rng.uniform(0, 0.12) * np.sin(k * theta + rng.uniform(0, 6.3)) for k in range(2, 6)))
-        mass = _inside(dist, outer)
+        distance, theta = _polar(cy, cx)
+        harmonics = sum(rng.uniform(0, 0.12) * np.sin(k * theta + rng.uniform(0, 6.3)) for k in range(2, 6))
+        mass = _inside(distance, radius * (1 + harmonics))
         tissue.epithelium = np.maximum(tissue.epithelium, mass)
-        for _ in range(int(rng.integers(4, 9))):
+        for _ in range(int(rng.integers(4, 9))):  # small punched-out lumens inside the mass
             angle, reach = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.65 * radius)
             hole = _distance(cy + reach * np.sin(angle), cx + reach * np.cos(angle))
             tissue.lumen = np.maximum(tissue.lumen, _inside(hole, rng.uniform(2.5, 5.0)) * mass)
+        # Large, pleomorphic, hyperchromatic nuclei throughout the mass.
         centres = _sample_points(rng, (mass > 0.5) & (tissue.lumen < 0.5), 0.075)
         size = rng.uniform(2.2, 4.0, len(centres))
-        tissue.add_nuclei(centres, np.stack([size, size * rng.uniform(0.55, 1.0, len(centres))], 1), rng.uniform(0, np.pi, len(centres)), rng.uniform(1.4, 1.9, len(centres)))
+        width = size * rng.uniform(0.55, 1.0, len(centres))
+        orientation = rng.uniform(0, np.pi, len(centres))
+        tissue.add_nuclei(centres, size, width, orientation, rng.uniform(1.4, 1.9, len(centres)))
 
 
 _MORPHOLOGY = {
@@ -200,7 +211,12 @@ _MORPHOLOGY = {
     "carcinoma": _cribriform_masses,
 }
 # Eosin of stroma and of epithelial cytoplasm per class (desmoplastic carcinoma stroma is paler).
-_EOSIN_LEVELS = {"normal": (0.45, 0.75), "hyperplastic": (0.48, 0.9), "adenoma": (0.42, 0.7), "carcinoma": (0.36, 0.65)}
+_EOSIN_LEVELS = {
+    "normal": (0.45, 0.75),
+    "hyperplastic": (0.48, 0.9),
+    "adenoma": (0.42, 0.7),
+    "carcinoma": (0.36, 0.65),
+}
 
 
 def render_tile(class_name: str, rng: np.random.Generator, stain: tuple[float, float]) -> np.ndarray:
@@ -215,17 +231,15 @@ def render_tile(class_name: str, rng: np.random.Generator, stain: tuple[float, f
     # Stromal fibroblasts (thin, elongated) and lymphocytes (small, round, dark) in every class.
     stroma = tissue.epithelium < 0.1
     fibroblasts = _sample_points(rng, stroma, 0.002)
-    tissue.add_nuclei(fibroblasts, np.tile([2.6, 0.9], (len(fibroblasts), 1)), rng.uniform(0, np.pi, len(fibroblasts)), np.full(len(fibroblasts), 1.0))
-    lymphocytes = _sample_points(rng, stroma, 0.001)
-    tissue.add_nuclei(lymphocytes, np.tile([1.2, 1.2], (len(lymphocytes), 1)), np.zeros(len(lymphocytes)), np.full(len(lymphocytes), 1.5))
+    tissue.add_nuclei(fibroblasts, 2.6, 0.9, rng.uniform(0, np.pi, len(fibroblasts)), 1.0)
+    tissue.add_nuclei(_sample_points(rng, stroma, 0.001), 1.2, 1.2, 0.0, 1.5)
 
     eosin = eosin * (1 - tissue.epithelium) + (cytoplasm_eosin + 0.05 * _smooth_noise(rng, 10)) * tissue.epithelium
     haematoxylin = haematoxylin + 0.12 * tissue.epithelium
     open_space = 1 - 0.93 * tissue.lumen
     eosin, haematoxylin = eosin * open_space, haematoxylin * open_space
     nuclei = np.zeros((_SIZE, _SIZE), dtype=np.float32)
-    for centres, axes, angles, strength in tissue.nuclei:
-        _stamp_ellipses(nuclei, centres, axes, angles, strength)
+    _stamp_ellipses(nuclei, *(np.concatenate(column) for column in zip(*tissue.nuclei)))
     haematoxylin = np.maximum(haematoxylin, nuclei * (0.85 + 0.15 * rng.random((_SIZE, _SIZE), dtype=np.float32)))
     eosin = eosin * (1 - 0.6 * np.clip(nuclei, 0, 1))
     haematoxylin += 0.03 * rng.standard_normal((_SIZE, _SIZE), dtype=np.float32)
@@ -314,7 +328,13 @@ def ensure_demo_data(directory: str | None = None) -> str:
                 "SYNTHETIC demo data generated by amlpf (modeling_amlpf.data.demo). These are NOT real\n"
                 "histology images; they only imitate H&E colours and four gland patterns for testing.\n"
             )
-        manifest = {"synthetic": True, "version": DEMO_VERSION, "seed": DEMO_SEED, "class_names": DEMO_CLASS_NAMES, "files": sizes}
+        manifest = {
+            "synthetic": True,
+            "version": DEMO_VERSION,
+            "seed": DEMO_SEED,
+            "class_names": DEMO_CLASS_NAMES,
+            "files": sizes,
+        }
         with open(os.path.join(staging, "MANIFEST.json"), "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=1, sort_keys=True)
         with open(os.path.join(staging, "VERSION"), "w", encoding="utf-8") as handle:

@@ -30,6 +30,7 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_VAL_FRACTION = 0.1
 _SPLIT_OPTIONS = ("test_fraction", "val_fraction", "split_files", "split_file")
+OFFICIAL_SOURCE = "official test set, validation carved from official train"
 
 
 def _check_name(name: str) -> str:
@@ -59,7 +60,9 @@ def _layout_options(name: str, options: dict, saved_options: dict | None) -> dic
     """The reader's keyword options: defaults, then a reloaded split file's, then the caller's."""
     if name == "demo":
         if options:
-            raise ValueError(f"The demo dataset takes no options besides {', '.join(_SPLIT_OPTIONS)}; got {', '.join(options)}.")
+            raise ValueError(
+                f"The demo dataset takes no options besides {', '.join(_SPLIT_OPTIONS)}; got {', '.join(options)}."
+            )
         return {}
     accepted = LAYOUTS[name].options
     unknown = [key for key in options if key not in accepted]
@@ -73,6 +76,7 @@ def _layout_options(name: str, options: dict, saved_options: dict | None) -> dic
         if key in accepted:
             resolved[key] = value
     for key, value in options.items():
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
         if saved_options and key in saved_options and saved_options[key] != value:
             logger.warning("Option %s=%r overrides %r from the split file.", key, value, saved_options[key])
         resolved[key] = value
@@ -81,7 +85,8 @@ def _layout_options(name: str, options: dict, saved_options: dict | None) -> dic
 
 def _read_index(name: str, folder: str, layout_options: dict) -> ImageIndex:
     if name == "demo":
-        index = LAYOUTS["imagefolder"].reader(folder, class_names=demo.DEMO_CLASS_NAMES, groups_csv=demo.GROUPS_FILE)
+        groups_csv = os.path.join(folder, demo.GROUPS_FILE)
+        index = LAYOUTS["imagefolder"].reader(folder, class_names=demo.DEMO_CLASS_NAMES, groups_csv=groups_csv)
         index.summary = (
             "SYNTHETIC demo data (generated H&E-like tiles, NOT real histology): "
             f"{len(demo.DEMO_CLASS_NAMES)} classes, groups = synthetic patients"
@@ -103,7 +108,10 @@ def _scan(index: ImageIndex, on_bad_image: str) -> tuple[ImageIndex, list[str], 
             report.bad_images,
         )
     if report.rgb8_copies:
-        logger.info("%d 16-bit/float/transparent images are read through 8-bit RGB copies in the cache.", len(report.rgb8_copies))
+        logger.info(
+            "%d 16-bit/float/transparent images are read through 8-bit RGB copies in the cache.",
+            len(report.rgb8_copies),
+        )
     if not report.bad_images:
         return index, result.image_files, report
     report.skipped = True
@@ -116,7 +124,9 @@ def _scan(index: ImageIndex, on_bad_image: str) -> tuple[ImageIndex, list[str], 
     return index.subset(keep), [result.image_files[i] for i in keep], report
 
 
-def _carve_validation(index: ImageIndex, pool: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def _carve_validation(
+    index: ImageIndex, pool: Sequence[int], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """Split `pool` (positions) into (train, validation), group-disjoint, validation ~ val_fraction of it."""
     pool = list(pool)
     if val_fraction == 0 or not pool:
@@ -144,7 +154,7 @@ def _make_parts(
             listed, dropped = parts_from_reference_files(split_options["split_files"], index, given_dir, skipped)
             source = "split_files"
         if dropped:
-            logger.warning("%d image(s) named by the split are left out as unreadable: %s", len(dropped), ", ".join(dropped))
+            logger.warning("%d image(s) named by the split are unreadable and left out: %s", len(dropped), dropped)
         if "validation" not in listed:
             listed["train"], listed["validation"] = _carve_validation(index, listed["train"], val_fraction, seed)
             source += " (validation carved from train)"
@@ -154,8 +164,9 @@ def _make_parts(
         return {part: listed[part] for part in PART_NAMES}, source
     if index.predefined_test is not None:
         test = [i for i, is_test in enumerate(index.predefined_test) if is_test]
-        train, validation = _carve_validation(index, [i for i, is_test in enumerate(index.predefined_test) if not is_test], val_fraction, seed)
-        return {"train": train, "validation": validation, "test": test}, "official test set, validation carved from official train"
+        official_train = [i for i, is_test in enumerate(index.predefined_test) if not is_test]
+        train, validation = _carve_validation(index, official_train, val_fraction, seed)
+        return {"train": train, "validation": validation, "test": test}, OFFICIAL_SOURCE
     test_fraction = split_options["test_fraction"]
     found = group_stratified_split(
         index.labels,
@@ -169,19 +180,22 @@ def _make_parts(
 
 def _check_parts(index: ImageIndex, parts: dict[str, list[int]], source: str) -> None:
     """Assert the invariants of generated splits; report group overlap of given ones."""
-    if source in ("generated", "official test set, validation carved from official train"):
-        assert sum(len(p) for p in parts.values()) == len(index) == len({i for p in parts.values() for i in p})
+    placed = [i for positions in parts.values() for i in positions]
+    if source in ("generated", OFFICIAL_SOURCE) and not len(placed) == len(set(placed)) == len(index):
+        raise RuntimeError(f"Internal error: the split places {len(placed)} of {len(index)} images ({source}).")
     for (first, second), shared in check_disjoint(parts, index.groups).items():
         if not shared:
             continue
         message = f"{len(shared)} {index.group_kind} group(s) appear in both {first} and {second} ({source})"
-        if source == "generated" or {first, second} == {"train", "validation"} and "carved" in source:
-            raise AssertionError(f"Internal error: {message}.")
-        logger.warning("%s; such a split is not %s-disjoint.", message, index.group_kind)
+        if source == "generated" or ({first, second} == {"train", "validation"} and "carved" in source):
+            raise RuntimeError(f"Internal error: {message}.")
+        logger.warning("%s: these parts are not group-disjoint.", message)
     warn_missing_classes(parts, index.labels, index.class_names)
 
 
-def _build_dataset_dict(index: ImageIndex, image_files: list[str], parts: dict[str, list[int]], name: str, description: str) -> DatasetDict:
+def _build_dataset_dict(
+    index: ImageIndex, image_files: list[str], parts: dict[str, list[int]], name: str, description: str
+) -> DatasetDict:
     features = Features(
         {
             "image": Image(mode="RGB"),
@@ -245,10 +259,15 @@ def load_histo_dataset(
         raise ValueError(f"The split file {split_options['split_file']} is for {saved['dataset']!r}, not {name!r}.")
     layout_options = _layout_options(name, options, saved["options"] if saved else None)
     official_test = name == "chaoyang" and layout_options["protocol"] == "official"
-    if official_test and split_options.get("test_fraction") is not None and saved is None and not split_options.get("split_files"):
-        raise ValueError("test_fraction has no effect with Chaoyang protocol='official' (the official test set is used); use protocol='resplit'.")
-    split_options.setdefault("test_fraction", DEFAULT_TEST_FRACTION)
-    split_options.setdefault("val_fraction", DEFAULT_VAL_FRACTION)
+    given_split = saved is not None or split_options.get("split_files") is not None
+    if official_test and not given_split and split_options.get("test_fraction") is not None:
+        raise ValueError(
+            "test_fraction has no effect with Chaoyang protocol='official' (the official test set is used); "
+            "use protocol='resplit'."
+        )
+    saved_options = saved["options"] if saved else {}
+    split_options.setdefault("test_fraction", saved_options.get("test_fraction", DEFAULT_TEST_FRACTION))
+    split_options.setdefault("val_fraction", saved_options.get("val_fraction", DEFAULT_VAL_FRACTION))
     check_fractions(split_options["test_fraction"], split_options["val_fraction"])
 
     folder = _resolve_data_dir(name, data_dir)
@@ -259,7 +278,8 @@ def load_histo_dataset(
     _check_parts(index, parts, source)
 
     counts = {part: len(positions) for part, positions in parts.items()}
-    logger.info("%s: %d images, split %s (seed %d): %s", name, len(index), source, split_seed, counts)
+    shown_name = "demo (SYNTHETIC data)" if name == "demo" else name
+    logger.info("%s: %d images, split %s (seed %d): %s", shown_name, len(index), source, split_seed, counts)
     provenance = {
         "dataset": name,
         "options": {
@@ -276,7 +296,7 @@ def load_histo_dataset(
         "scan": report.to_dict(),
     }
     summary = (
-        f"{index.summary}. Split: {source}, seed {provenance['split_seed']}, groups never shared between "
-        f"generated parts; images per part {counts}; unreadable images skipped: {len(skipped)}."
+        f"{index.summary}. Split: {source}, seed {provenance['split_seed']}; images per part {counts}; "
+        f"unreadable images skipped: {len(skipped)}."
     )
     return _build_dataset_dict(index, image_files, parts, name, describe(summary, provenance))

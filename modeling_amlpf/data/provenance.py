@@ -18,7 +18,7 @@ MARKER = "amlpf-provenance: "
 
 
 def describe(summary: str, provenance: dict) -> str:
-    return f"{summary}\n{MARKER}{json.dumps(provenance, sort_keys=True)}"
+    return f"{summary}\n{MARKER}{json.dumps(provenance, sort_keys=True, default=str)}"
 
 
 def read_provenance(data: Dataset | DatasetDict) -> dict:

@@ -18,7 +18,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from .listing import join_relative
 from .paths import cache_dir
@@ -58,10 +58,10 @@ class ScanReport:
         return report
 
 
-def rgb8_copy_path(absolute_path: str, size: int, mtime_ns: int) -> str:
+def rgb8_copy_path(copy_dir: str, absolute_path: str, size: int, mtime_ns: int) -> str:
     """Where the 8-bit RGB copy of one file version lives."""
     digest = hashlib.sha1(f"{absolute_path}|{size}|{mtime_ns}".encode()).hexdigest()
-    return cache_dir("rgb8", f"{digest}.png")
+    return os.path.join(copy_dir, f"{digest}.png")
 
 
 def check_image(path: str, rgb8_path: str) -> tuple[str, str]:
@@ -77,7 +77,8 @@ def check_image(path: str, rgb8_path: str) -> tuple[str, str]:
             if needs_rgb8_copy(image):
                 _write_rgb8_copy(path, rgb8_path)
                 return RGB8, mode
-            image.convert("RGB")
+            if mode != "RGB":
+                image.convert("RGB")  # fails for modes Pillow cannot map to RGB
             return OK, mode
     except Exception as error:  # noqa: BLE001 - any decoder failure makes the file unusable
         return BAD, f"{type(error).__name__}: {error}"
@@ -134,32 +135,43 @@ class ScanResult:
     report: ScanReport
 
 
+def _known_outcome(cached: list | None, key: list, copy_dir: str, absolute: str) -> tuple[str, str, str] | None:
+    """(status, detail, file to open) from the cache when the file version matches and any copy exists."""
+    if cached is None or cached[:2] != key:
+        return None
+    if cached[2] != RGB8:
+        return cached[2], cached[3], absolute
+    copy = rgb8_copy_path(copy_dir, absolute, *key)
+    return (RGB8, cached[3], copy) if os.path.isfile(copy) else None
+
+
 def scan_images(root: str, relative_paths: list[str], workers: int | None = None) -> ScanResult:
     """Check every image under `root`; `image_files[i]` is what the dataset should open for path i."""
     root = os.path.abspath(root)
     cache_path = _cache_file(root)
     cache = _read_cache(cache_path, root)
-    status, details, image_files = [""] * len(relative_paths), [""] * len(relative_paths), [""] * len(relative_paths)
+    copy_dir = cache_dir("rgb8")
+    count = len(relative_paths)
+    status, details, image_files = [BAD] * count, [""] * count, [""] * count
     todo: list[tuple[int, str, str, list]] = []
     for position, relative in enumerate(relative_paths):
-        absolute = join_relative(root, relative)
+        absolute = image_files[position] = join_relative(root, relative)
         try:
             stat = os.stat(absolute)
         except OSError as error:
-            status[position], details[position], image_files[position] = BAD, f"cannot stat: {error}", absolute
+            details[position] = f"cannot stat: {error}"
             continue
-        copy = rgb8_copy_path(absolute, stat.st_size, stat.st_mtime_ns)
-        cached = cache.get(relative)
-        fresh = cached is not None and cached[:2] == [stat.st_size, stat.st_mtime_ns]
-        if fresh and (cached[2] != RGB8 or os.path.isfile(copy)):
-            status[position], details[position] = cached[2], cached[3]
+        key = [stat.st_size, stat.st_mtime_ns]
+        known = _known_outcome(cache.get(relative), key, copy_dir, absolute)
+        if known is None:
+            todo.append((position, absolute, rgb8_copy_path(copy_dir, absolute, *key), key))
         else:
-            todo.append((position, absolute, copy, [stat.st_size, stat.st_mtime_ns]))
-        image_files[position] = copy if status[position] == RGB8 else absolute
+            status[position], details[position], image_files[position] = known
     if todo:
-        worker_count = workers or min(8, os.cpu_count() or 1)
         logger.info("Checking %d images under %s that the scan cache does not know yet.", len(todo), root)
-        with ThreadPoolExecutor(max_workers=worker_count) as pool:
+        if ImageFile.LOAD_TRUNCATED_IMAGES:
+            logger.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images decode and pass the scan.")
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
             outcomes = list(pool.map(lambda item: check_image(item[1], item[2]), todo))
         for (position, absolute, copy, key), (outcome, detail) in zip(todo, outcomes):
             status[position], details[position] = outcome, detail
@@ -169,7 +181,7 @@ def scan_images(root: str, relative_paths: list[str], workers: int | None = None
     report = ScanReport(
         bad_images=[(relative_paths[i], details[i]) for i, s in enumerate(status) if s == BAD],
         rgb8_copies=[relative_paths[i] for i, s in enumerate(status) if s == RGB8],
-        num_scanned=len(relative_paths),
+        num_scanned=count,
         num_decoded=len(todo),
     )
     return ScanResult(status=status, details=details, image_files=image_files, report=report)

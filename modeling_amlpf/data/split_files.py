@@ -26,7 +26,10 @@ SPLIT_FILE_FORMAT = "amlpf-split/1"
 
 
 def _entries(dataset: Dataset) -> list[list]:
-    return [[path, int(label), group] for path, label, group in zip(dataset["path"], dataset["label"], dataset["group"])]
+    """[path, label, group] rows, read without any user transform (`with_transform` would alter them)."""
+    plain = dataset.with_format(None)
+    columns = zip(plain["path"], plain["label"], plain["group"])
+    return [[path, int(label), group] for path, label, group in columns]
 
 
 def export_split(dataset_dict: DatasetDict, path: str | os.PathLike) -> str:
@@ -90,7 +93,8 @@ def load_split_file(path: str | os.PathLike) -> dict:
         if not isinstance(data.get(key), kind):
             problems.append(f"key {key!r} missing or not a {kind.__name__}")
     parts = data.get("parts") if isinstance(data.get("parts"), dict) else {}
-    problems += [f"unknown part {part!r} (allowed: {', '.join(PART_NAMES)})" for part in parts if part not in PART_NAMES]
+    allowed = ", ".join(PART_NAMES)
+    problems += [f"unknown part {part!r} (allowed: {allowed})" for part in parts if part not in PART_NAMES]
     problems += [f"part {part!r} missing" for part in ("train", "test") if part not in parts]
     for part, entries in parts.items():
         if not isinstance(entries, list):
@@ -151,7 +155,8 @@ class PathResolver:
     def resolve(self, raw: str) -> tuple[str, int | str]:
         """("ok", position) | ("skipped", relative path) | (problem kind, description)."""
         text = raw.replace("\\", "/") if os.sep == "/" else raw
-        candidates = [os.path.normpath(text)] if os.path.isabs(text) else [os.path.normpath(os.path.join(b, text)) for b in self.bases]
+        bases = [""] if os.path.isabs(text) else self.bases
+        candidates = [os.path.normpath(os.path.join(base, text)) for base in bases]
         relatives = [self._relative(candidate) for candidate in candidates]
         for relative in relatives:
             if relative in self.position:
@@ -196,10 +201,12 @@ def _collect_parts(
                 problems[PROBLEM_TITLES[kind]].append(f"{where}: {found}")
                 continue
             if not 0 <= label < num_classes:
-                problems[PROBLEM_TITLES["label_range"]].append(f"{where}: {raw} label {label} (valid 0-{num_classes - 1})")
+                valid = f"valid 0-{num_classes - 1}"
+                problems[PROBLEM_TITLES["label_range"]].append(f"{where}: {raw} label {label} ({valid})")
             elif label != index.labels[found]:
                 expected = f"{index.labels[found]} ({index.class_names[index.labels[found]]})"
-                problems[PROBLEM_TITLES["label_mismatch"]].append(f"{where}: {raw} label {label}, dataset says {expected}")
+                mismatch = f"{where}: {raw} label {label}, dataset says {expected}"
+                problems[PROBLEM_TITLES["label_mismatch"]].append(mismatch)
             elif found in first_seen:
                 problems[PROBLEM_TITLES["duplicate"]].append(f"{where}: {raw} (also {first_seen[found]})")
             else:

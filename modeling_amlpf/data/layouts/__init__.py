@@ -20,9 +20,15 @@ class Layout:
 
 LAYOUTS: dict[str, Layout] = {
     "chaoyang": Layout(chaoyang.read_chaoyang, {"protocol": "official"}, chaoyang.EXPECTED_LAYOUT),
-    "breakhis": Layout(breakhis.read_breakhis, {"task": "8class", "magnification": None}, breakhis.EXPECTED_LAYOUT),
-    "lunghist700": Layout(lunghist700.read_lunghist700, {"task": "3class", "resolution": None}, lunghist700.EXPECTED_LAYOUT),
-    "imagefolder": Layout(imagefolder.read_imagefolder, {"class_names": None, "groups_csv": None}, imagefolder.EXPECTED_LAYOUT),
+    "breakhis": Layout(
+        breakhis.read_breakhis, {"task": "8class", "magnification": None}, breakhis.EXPECTED_LAYOUT
+    ),
+    "lunghist700": Layout(
+        lunghist700.read_lunghist700, {"task": "3class", "resolution": None}, lunghist700.EXPECTED_LAYOUT
+    ),
+    "imagefolder": Layout(
+        imagefolder.read_imagefolder, {"class_names": None, "groups_csv": None}, imagefolder.EXPECTED_LAYOUT
+    ),
 }
 
 __all__ = ["LAYOUTS", "Layout"]

@@ -36,7 +36,8 @@ SUBTYPE_CLASS_NAMES = [folder.replace("_", " ") for folder, _, _ in SUBTYPES]
 BINARY_CLASS_NAMES = ["benign", "malignant"]
 MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
 TASKS = ("8class", "binary")
-EXPECTED_LAYOUT = """BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/<patient folder>/<mag>/<file>.png
+EXPECTED_LAYOUT = """BreaKHis_v1/histology_slides/breast/
+  {benign,malignant}/SOB/<subtype>/<patient folder>/<mag>/<file>.png
   subtype: adenosis fibroadenoma phyllodes_tumor tubular_adenoma | ductal_carcinoma lobular_carcinoma
            mucinous_carcinoma papillary_carcinoma
   patient folder e.g. SOB_B_A_14-22549AB; mag: 40X 100X 200X 400X
@@ -72,7 +73,8 @@ def normalize_magnification(value: str | int | None) -> str | None:
     text = str(value).strip().upper()
     text = text if text.endswith("X") else f"{text}X"
     if text not in MAGNIFICATIONS:
-        raise ValueError(f"Unknown BreaKHis magnification {value!r}; choose one of {', '.join(MAGNIFICATIONS)} or None.")
+        choices = ", ".join(MAGNIFICATIONS)
+        raise ValueError(f"Unknown BreaKHis magnification {value!r}; choose one of {choices} or None.")
     return text
 
 
@@ -152,9 +154,8 @@ def read_breakhis(data_dir: str, task: str = "8class", magnification: str | int 
         )
         for name, value in zip(names, row):
             columns[name].append(value)
-    raise_if_problems(
-        problems, f"The BreaKHis tree at {root} does not match the expected layout.", f"Expected layout:\n{EXPECTED_LAYOUT}"
-    )
+    context = f"The BreaKHis tree at {root} does not match the expected layout."
+    raise_if_problems(problems, context, f"Expected layout:\n{EXPECTED_LAYOUT}")
     if stray:
         shown = ", ".join(stray[:20]) + (" ..." if len(stray) > 20 else "")
         logger.warning("BreaKHis: %d entries outside magnification folders are not used: %s", len(stray), shown)

@@ -55,12 +55,16 @@ def _read_groups(path: str, root: str, image_paths: set[str]) -> dict[str, str]:
     return groups
 
 
-def read_imagefolder(data_dir: str, class_names: Sequence[str] | None = None, groups_csv: str | None = None) -> ImageIndex:
+def read_imagefolder(
+    data_dir: str, class_names: Sequence[str] | None = None, groups_csv: str | None = None
+) -> ImageIndex:
     """Index one folder per class; without `groups_csv` every image is its own group."""
     root = os.path.abspath(data_dir)
     folders, root_files = list_dir(root)
     if class_names is None:
         class_names = folders
+    elif isinstance(class_names, str):  # "a,b,c" from a command line
+        class_names = [name.strip() for name in class_names.split(",") if name.strip()]
     class_names = list(class_names)
     problems = {
         "class names without a folder": [name for name in class_names if name not in folders],

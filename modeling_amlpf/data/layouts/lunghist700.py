@@ -32,7 +32,9 @@ EXPECTED_LAYOUT = """LungHist700/
   images/{aca_bd,aca_md,aca_pd,nor,scc_bd,scc_md,scc_pd}/<folder>_<resolution>_<image_id>.jpg
              e.g. images/aca_bd/aca_bd_20x_901.jpg, images/nor/nor_40x_1.jpg"""
 
-_FILE_NAME = re.compile(r"^(?P<folder>[a-z]+(?:_[a-z]{2})?)_(?P<resolution>\d+x)_(?P<image_id>[^.]+)\.[a-z]+$", re.IGNORECASE)
+_FILE_NAME = re.compile(
+    r"^(?P<folder>[a-z]+(?:_[a-z]{2})?)_(?P<resolution>\d+x)_(?P<image_id>[^.]+)\.[a-z]+$", re.IGNORECASE
+)
 
 RowKey = tuple[str, str, str, str]
 
@@ -81,7 +83,8 @@ def _read_csv(path: str) -> dict[RowKey, str]:
             if key in patients:
                 duplicates.append(f"line {line}: {key}")
             patients[key] = _normalize_id(row["patient_id"])
-    raise_if_problems({"rows repeating a (superclass, subclass, resolution, image_id) key": duplicates}, f"{path} has problems.")
+    title = "rows repeating a (superclass, subclass, resolution, image_id) key"
+    raise_if_problems({title: duplicates}, f"{path} has problems.")
     return patients
 
 
@@ -107,7 +110,8 @@ def _list_images(images_dir: str) -> tuple[dict[RowKey, str], dict[str, list[str
                 continue
             key = (superclass, subclass, match["resolution"].lower(), _normalize_id(match["image_id"]))
             if key in keys:
-                problems["images with the same (class, resolution, image_id)"].append(f"{keys[key]} and images/{folder}/{name}")
+                clash = f"{keys[key]} and images/{folder}/{name}"
+                problems["images with the same (class, resolution, image_id)"].append(clash)
             keys[key] = f"images/{folder}/{name}"
     return keys, problems
 
@@ -118,7 +122,8 @@ def read_lunghist700(data_dir: str, task: str = "3class", resolution: str | None
         raise ValueError(f"Unknown LungHist700 task {task!r}; choose one of {', '.join(TASKS)}.")
     wanted_resolution = None if resolution is None else str(resolution).strip().lower()
     if wanted_resolution is not None and wanted_resolution not in RESOLUTIONS:
-        raise ValueError(f"Unknown LungHist700 resolution {resolution!r}; choose one of {', '.join(RESOLUTIONS)} or None.")
+        choices = ", ".join(RESOLUTIONS)
+        raise ValueError(f"Unknown LungHist700 resolution {resolution!r}; choose one of {choices} or None.")
     root = find_root(data_dir)
     images_dir = os.path.join(root, "images")
     if not os.path.isdir(images_dir):
@@ -127,9 +132,12 @@ def read_lunghist700(data_dir: str, task: str = "3class", resolution: str | None
     image_keys, problems = _list_images(images_dir)
     problems["images without a data.csv row"] = [path for key, path in image_keys.items() if key not in patients]
     problems["data.csv rows without an image"] = [
-        f"superclass={s} subclass={c or '(empty)'} resolution={r} image_id={i}" for (s, c, r, i) in patients if (s, c, r, i) not in image_keys
+        f"superclass={s} subclass={c or '(empty)'} resolution={r} image_id={i}"
+        for (s, c, r, i) in patients
+        if (s, c, r, i) not in image_keys
     ]
-    raise_if_problems(problems, f"The LungHist700 files in {root} do not match.", f"Expected layout:\n{EXPECTED_LAYOUT}")
+    context = f"The LungHist700 files in {root} do not match."
+    raise_if_problems(problems, context, f"Expected layout:\n{EXPECTED_LAYOUT}")
     rows = sorted((path, key) for key, path in image_keys.items() if wanted_resolution in (None, key[2]))
     if not rows:
         raise DataLayoutError(f"No LungHist700 images at resolution {wanted_resolution} in {images_dir}.")
@@ -151,5 +159,6 @@ def read_lunghist700(data_dir: str, task: str = "3class", resolution: str | None
             "subclass": [key[1] for _, key in rows],
         },
         metadata_features={name: Value("string") for name in ("resolution", "superclass", "subclass")},
-        summary=f"LungHist700 lung histology, task {task!r}, resolution {wanted_resolution or 'all'}, groups = patients",
+        summary=f"LungHist700 lung histology, task {task!r}, resolution {wanted_resolution or 'all'}, "
+        "groups = patients",
     )
