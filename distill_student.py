@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
 
@@ -122,7 +123,8 @@ def load_teacher(model_args: StudentArguments, data_args: DataArguments, split_s
             "dataset options and split seed first, or pass --teacher_model PATH_OR_HUB_ID, or --kd_weight 0 to train "
             "without distillation"
         )
-    teacher = AutoModel.from_pretrained(path)
+    dtype = getattr(torch, model_args.teacher_dtype) if model_args.teacher_dtype else None
+    teacher = AutoModel.from_pretrained(path, dtype=dtype) if dtype is not None else AutoModel.from_pretrained(path)
     if _is_local(path):
         check_teacher_split(path, dd)
     return teacher, path

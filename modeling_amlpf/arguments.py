@@ -112,6 +112,9 @@ class StudentArguments:
     teacher_model: str | None = field(
         default=None, metadata={"help": "Trained teacher (dir or Hub id). Default: <output root>/<dataset>/teacher."}
     )
+    teacher_dtype: str | None = field(
+        default=None, metadata={"help": "Load the frozen teacher in this dtype (e.g. bfloat16) to halve its memory on GPUs."}
+    )
     fusion: str | None = field(default=None, metadata={"help": "'learned' (paper) or 'softmax'."})
     prompt_levels: str | None = field(default=None, metadata={"help": "Comma list of label,basic,detailed."})
     train_logit_scale: bool | None = field(default=None, metadata={"help": "Train CLIP's logit scale too."})

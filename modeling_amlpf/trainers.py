@@ -302,13 +302,14 @@ class DistillationTrainer(ClassBalancedTrainer):
                     f"{list(student_labels.values())}: train the teacher on the same dataset and task"
                 )
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
+            self._teacher_dtype = next(teacher_model.parameters()).dtype
         self._loss_parts: dict[str, list[torch.Tensor]] = {"ce_loss": [], "kd_loss": []}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         if model.training and self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(pixel_values=inputs["pixel_values"]).logits
+                teacher_logits = self.teacher(pixel_values=inputs["pixel_values"].to(self._teacher_dtype)).logits
             kd = distillation_loss(outputs.logits, teacher_logits, self.kd_loss, self.kd_temperature)
             self._loss_parts["ce_loss"].append(loss.detach())
             self._loss_parts["kd_loss"].append(kd.detach())
