@@ -21,24 +21,21 @@ import sys
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
 
-from modeling_amlpf import AmlpfImageProcessor
 from modeling_amlpf.arguments import (
     PROTOCOL_DEFAULTS,
     DataArguments,
-    RunArguments,
     StudentArguments,
     output_root,
-    parse_cli,
-    parse_lr_schedule,
     run_name,
+    setup_cli,
 )
 from modeling_amlpf.protocol import (
     attach_views,
     check_teacher_split,
     evaluate_split,
+    load_processor,
     load_split,
     prompts_for,
     run_splits,
@@ -103,13 +100,6 @@ def build_student(model_args: StudentArguments, class_names, prompts):
     return model, tokenizer
 
 
-def load_processor(model_args: StudentArguments) -> AmlpfImageProcessor:
-    for source in (model_args.model_name_or_path, model_args.student_model):
-        if source and (Path(source) / "preprocessor_config.json").is_file():
-            return AmlpfImageProcessor.from_pretrained(source)
-    return AmlpfImageProcessor()  # the paper's views
-
-
 def load_teacher(model_args: StudentArguments, data_args: DataArguments, split_seed: int, dd):
     """The frozen teacher of this split, or None when distillation is off."""
     if model_args.kd_weight <= 0:
@@ -131,19 +121,14 @@ def load_teacher(model_args: StudentArguments, data_args: DataArguments, split_s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, model_args, run_args, training_args = parse_cli(
-        (DataArguments, StudentArguments, RunArguments, TrainingArguments), argv, derived_defaults, "student"
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
+    data_args, model_args, run_args, training_args, lr_schedule = setup_cli(StudentArguments, argv, derived_defaults, "student")
 
     def run_one(split_seed: int, args: TrainingArguments) -> dict:
         set_seed(args.seed)
         dd, class_names = load_split(data_args, split_seed)
         prompts = prompts_for(data_args, class_names)
         model, tokenizer = build_student(model_args, class_names, prompts)
-        processor = load_processor(model_args)
+        processor = load_processor(model_args.model_name_or_path, model_args.student_model)
         teacher, teacher_path = load_teacher(model_args, data_args, split_seed, dd) if args.do_train else (None, None)
         views = attach_views(dd, processor)
         trainer = DistillationTrainer(

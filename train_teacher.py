@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-import transformers
 from transformers import AutoModel, TrainingArguments, set_seed
 
-from modeling_amlpf import AmlpfImageProcessor, AmlpfTeacherConfig, AmlpfTeacherForImageClassification
+from modeling_amlpf import AmlpfTeacherConfig, AmlpfTeacherForImageClassification
 from modeling_amlpf.arguments import (
     PROTOCOL_DEFAULTS,
-    DataArguments,
-    RunArguments,
     TeacherArguments,
     output_root,
-    parse_cli,
-    parse_lr_schedule,
     run_name,
+    setup_cli,
 )
-from modeling_amlpf.protocol import attach_views, load_split, run_splits, trainer_kwargs, train_evaluate_save
+from modeling_amlpf.protocol import (
+    attach_views,
+    load_processor,
+    load_split,
+    run_splits,
+    trainer_kwargs,
+    train_evaluate_save,
+)
 from modeling_amlpf.trainers import ClassBalancedTrainer
 
 logger = logging.getLogger("train_teacher")
@@ -40,13 +42,6 @@ logger = logging.getLogger("train_teacher")
 
 def derived_defaults(ns) -> dict:
     return dict(PROTOCOL_DEFAULTS, output_dir=str(output_root(ns) / run_name(ns) / "teacher"))
-
-
-def load_processor(model_args: TeacherArguments) -> AmlpfImageProcessor:
-    for source in (model_args.model_name_or_path, model_args.teacher_config):
-        if source and (Path(source) / "preprocessor_config.json").is_file():
-            return AmlpfImageProcessor.from_pretrained(source)
-    return AmlpfImageProcessor()  # the paper's views
 
 
 def build_teacher(model_args: TeacherArguments, class_names: list[str]):
@@ -79,17 +74,12 @@ def build_teacher(model_args: TeacherArguments, class_names: list[str]):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, model_args, run_args, training_args = parse_cli(
-        (DataArguments, TeacherArguments, RunArguments, TrainingArguments), argv, derived_defaults, "teacher"
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
+    data_args, model_args, run_args, training_args, lr_schedule = setup_cli(TeacherArguments, argv, derived_defaults, "teacher")
 
     def run_one(split_seed: int, args: TrainingArguments) -> dict:
         set_seed(args.seed)
         dd, class_names = load_split(data_args, split_seed)
-        processor = load_processor(model_args)
+        processor = load_processor(model_args.model_name_or_path, model_args.teacher_config)
         model = build_teacher(model_args, class_names)
         views = attach_views(dd, processor)
         trainer = ClassBalancedTrainer(

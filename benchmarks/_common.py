@@ -191,6 +191,44 @@ def environment(threads: int, device: str = "cpu", **extra) -> dict:
     return env
 
 
+# ------------------------------------------------------------------------------------------------ models
+def build_rn50_student(class_names: list[str] | None = None):
+    """The paper's student at full size with random weights: the `resnet50_clip` image tower (OpenAI RN50,
+    1024-d) and an RN50-shaped text tower (12 layers, width 512) that encodes the demo prompts once.
+
+    The tiny preset's tokenizer stands in for OpenAI's (nothing is downloaded); the text tower only runs in
+    `set_prompts`, so its vocabulary size does not touch any timed forward or backward pass.
+    """
+    from transformers import AutoTokenizer
+
+    from modeling_amlpf import AmlpfClipConfig, AmlpfClipForImageClassification
+    from modeling_amlpf.data import DEMO_CLASS_NAMES
+    from modeling_amlpf.prompts import load_prompts
+
+    class_names = list(class_names or DEMO_CLASS_NAMES)
+    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "configs" / "models" / "student-tiny")
+    text = {
+        "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8,
+        "max_position_embeddings": 77, "vocab_size": len(tokenizer), "hidden_act": "quick_gelu",
+        "projection_dim": 1024, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    student = AmlpfClipForImageClassification(
+        AmlpfClipConfig(timm_model_name="resnet50_clip", projection_dim=1024, text_config=text, class_names=class_names)
+    )
+    student.set_prompts(load_prompts("demo", class_names), tokenizer, class_names=class_names)
+    return student
+
+
+def attention_kernels(model: torch.nn.Module) -> dict[str, bool]:
+    """Which timm attention modules call F.scaled_dot_product_attention (`fused_attn`), by module type."""
+    found: dict[str, bool] = {}
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            found[type(module).__name__] = bool(module.fused_attn)
+    return found
+
+
 # ------------------------------------------------------------------------------------------------ output
 def print_table(headers: list[str], rows: list[list[object]], title: str | None = None) -> None:
     """A plain fixed-width table on stdout; floats get 3 significant decimals."""

@@ -35,7 +35,9 @@ import torch
 from _common import (
     REPO_ROOT,
     add_device_flags,
+    attention_kernels,
     base_parser,
+    build_rn50_student,
     environment,
     interleaved_rounds,
     median_ratio,
@@ -47,13 +49,12 @@ from _common import (
     synchronizer,
     write_json,
 )
-from transformers import AutoConfig, AutoModel, AutoTokenizer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArguments, default_data_collator
 
-from modeling_amlpf import AmlpfClipConfig, AmlpfClipForImageClassification, AmlpfImageProcessor, AmlpfTeacherConfig
+from modeling_amlpf import AmlpfImageProcessor, AmlpfTeacherConfig
 from modeling_amlpf.data import DEMO_CLASS_NAMES, load_histo_dataset
 from modeling_amlpf.losses import distillation_loss
 from modeling_amlpf.presets import TINY_PROCESSOR
-from modeling_amlpf.prompts import load_prompts
 from modeling_amlpf.protocol import attach_views
 from modeling_amlpf.trainers import SAMPLE_INDEX, DistillationTrainer
 
@@ -72,8 +73,6 @@ SIZES = {
 # ------------------------------------------------------------------------------------------------ models
 def build_models(size: str):
     """(teacher, student, processor) with random weights; the student's prompts are the demo prompts."""
-    tokenizer = AutoTokenizer.from_pretrained(STUDENT_TINY)
-    prompts = load_prompts("demo", DEMO_CLASS_NAMES)
     if size == "tiny":
         teacher = AutoModel.from_config(AutoConfig.from_pretrained(TEACHER_TINY))
         student = AutoModel.from_config(AutoConfig.from_pretrained(STUDENT_TINY))
@@ -83,16 +82,7 @@ def build_models(size: str):
         backbone_kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5, "dynamic_img_size": True},
         class_names=DEMO_CLASS_NAMES,
     ))
-    # The RN50 text tower's shape with the tiny tokenizer's vocabulary: the text tower only encodes the
-    # prompts once (frozen), so its vocabulary size does not touch the timed step.
-    text = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8,
-            "max_position_embeddings": 77, "vocab_size": len(tokenizer), "hidden_act": "quick_gelu",
-            "projection_dim": 1024, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
-    student = AmlpfClipForImageClassification(AmlpfClipConfig(
-        timm_model_name="resnet50_clip", projection_dim=1024, text_config=text, class_names=DEMO_CLASS_NAMES,
-    ))
-    student.set_prompts(prompts, tokenizer, class_names=DEMO_CLASS_NAMES)
+    student = build_rn50_student(DEMO_CLASS_NAMES)
     return teacher, student, AmlpfImageProcessor()
 
 
@@ -290,7 +280,7 @@ def measure_step(bench: DistillationStepBench, inputs: dict, rounds: int, sync) 
     }
 
 
-def measure_with_loader(bench: DistillationStepBench, inputs: dict, steps: int, sync) -> dict:
+def measure_with_loader(bench: DistillationStepBench, inputs: dict, steps: int, rounds: int, sync) -> dict:
     """The same step fed by the Trainer's DataLoader (demo data, --num_workers) versus by a batch in memory."""
     loader = bench.trainer.get_train_dataloader()
     batches = iter(loader)
@@ -317,7 +307,7 @@ def measure_with_loader(bench: DistillationStepBench, inputs: dict, steps: int, 
 
     loader_steps()  # start the workers and fill their prefetch queues
     with_loader, without_loader = [], []
-    for _ in range(3):
+    for _ in range(rounds):
         with_loader.append(loader_steps())
         without_loader.append(memory_steps())
     bench.clear_records()
@@ -325,6 +315,7 @@ def measure_with_loader(bench: DistillationStepBench, inputs: dict, steps: int, 
     return {
         "num_workers": bench.trainer.args.dataloader_num_workers,
         "steps_per_round": steps,
+        "rounds": rounds,
         "images_per_second_with_loader": images / statistics.median(with_loader),
         "images_per_second_without_loader": images / statistics.median(without_loader),
         "loader_slowdown": median_ratio(with_loader, without_loader),
@@ -367,13 +358,14 @@ def run_size(size: str, args, sync, loader: bool, count_loop: bool) -> dict:
             "optimizer": type(bench.trainer.optimizer).__name__,
             "optimizer_name": str(bench.trainer.args.optim),
             "max_grad_norm": bench.trainer.args.max_grad_norm,
+            "sdpa_attention": {"teacher": attention_kernels(teacher), "student": attention_kernels(student)},
             "rounds": rounds,
         }
         result.update(measure_step(bench, inputs, rounds, sync))
         if loader:
-            result["loader"] = measure_with_loader(bench, inputs, args.loader_steps, sync)
+            result["loader"] = measure_with_loader(bench, inputs, args.loader_steps, args.loader_rounds, sync)
         if count_loop:
-            result["trainer_loop"] = count_trainer_loop_syncs(bench, steps=3)
+            result["trainer_loop"] = count_trainer_loop_syncs(bench, steps=2 if args.quick else 4)
     result["target_met"] = {f"overhead_ratio<={TARGET_OVERHEAD:g}": result["overhead_ratio"] <= TARGET_OVERHEAD}
     return result
 
@@ -417,12 +409,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch_small_real", type=int, default=2, help="images per step at small_real (x 9 views)")
     parser.add_argument("--rounds_tiny", type=int, default=None)
     parser.add_argument("--rounds_small_real", type=int, default=3)
-    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers of the loader variant")
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help="DataLoader workers of the loader variant (default 0: TrainingArguments' and the demo config's)")
     parser.add_argument("--loader_steps", type=int, default=None, help="steps per timed loader round")
     args = parser.parse_args(argv)
     resolve_device_flags(args)
-    args.rounds_tiny = args.rounds_tiny or (5 if args.quick else 15)
-    args.loader_steps = args.loader_steps or (4 if args.quick else 8)
+    args.rounds_tiny = args.rounds_tiny or (3 if args.quick else 11)
+    args.loader_steps = args.loader_steps or (2 if args.quick else 6)
+    args.loader_rounds = 2 if args.quick else 3
     threads = setup_threads(args.threads)
     if skip_without_cuda(args, "bench_train", threads):
         return {"skipped": _common.NO_CUDA}

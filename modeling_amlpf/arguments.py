@@ -268,6 +268,22 @@ def parse_cli(arg_types: tuple, argv: list[str] | None, derived_defaults, sectio
     return parser.parse_args_into_dataclasses(rest, look_for_args_file=False)
 
 
+def setup_cli(model_arguments: type, argv, derived_defaults, section: str):
+    """Parse a script's arguments (data, model, run, TrainingArguments), configure logging, and read the
+    learning-rate schedule: the start every training script shares."""
+    import logging as std_logging
+
+    import transformers
+
+    data_args, model_args, run_args, training_args = parse_cli(
+        (DataArguments, model_arguments, RunArguments, TrainingArguments), argv, derived_defaults, section
+    )
+    std_logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=std_logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
+    return data_args, model_args, run_args, training_args, lr_schedule
+
+
 def _drop_flag(argv: list[str], flag: str) -> list[str]:
     out, skip = [], False
     for arg in argv:

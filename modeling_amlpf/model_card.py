@@ -60,7 +60,7 @@ def render_model_card(info: dict, model=None) -> str:
         "",
         "## Data and split",
         "",
-        f"- Dataset: `{info.get('dataset')}` {info.get('dataset_options') or ''}",
+        f"- Dataset: `{info.get('dataset')}`" + (f", options `{info['dataset_options']}`" if info.get("dataset_options") else ""),
         f"- Classes ({len(class_names)}): " + ", ".join(f"`{c}`" for c in class_names),
         f"- Group-disjoint split, seed {info.get('split_seed')}: train {info.get('split_sizes', {}).get('train', '?')}, "
         f"validation {info.get('split_sizes', {}).get('validation', '?')}, test {info.get('split_sizes', {}).get('test', '?')} images; "

@@ -81,6 +81,16 @@ def attach_views(dd, processor):
     return views
 
 
+def load_processor(*sources: str | None):
+    """The processor saved with the first source (checkpoint or preset dir) that has one, else the paper's views."""
+    from .image_processing_amlpf import AmlpfImageProcessor
+
+    for source in sources:
+        if source and (Path(source) / "preprocessor_config.json").is_file():
+            return AmlpfImageProcessor.from_pretrained(source)
+    return AmlpfImageProcessor()
+
+
 def prompts_for(data_args: DataArguments, class_names: list[str]) -> dict[str, list[str]]:
     """The dataset's bundled prompts, a user's prompts file, or template prompts for other datasets."""
     from .prompts import load_prompts, template_prompts
