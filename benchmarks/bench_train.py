@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 
 import _common  # noqa: F401  (offline environment, repository on sys.path)
 import torch
@@ -155,6 +156,20 @@ class HostSyncCounter(contextlib.ContextDecorator):
         return sum(self.sites.values())
 
 
+def cuda_sync_warnings(fn) -> list[str]:
+    """Every synchronizing CUDA operation of `fn()`, C++ ones included (torch.cuda.set_sync_debug_mode)."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    torch.cuda.synchronize()
+    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchroniz" in str(w.message).lower()]
+
+
 class _StepWindow(TrainerCallback):
     """Turns the counter on at on_step_begin and off at on_step_end (logging/saving come after)."""
 
@@ -175,9 +190,7 @@ class DistillationStepBench:
 
     def __init__(self, teacher, student, train_dataset, args, output_dir: str):
         self.device = "cuda" if args.device == "cuda" else "cpu"
-        self.autocast = (
-            torch.autocast(self.device, dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
-        )
+        self.bf16 = args.precision == "bf16"
         if args.channels_last:
             student = student.to(memory_format=torch.channels_last)
             teacher = teacher.to(memory_format=torch.channels_last)
@@ -195,16 +208,22 @@ class DistillationStepBench:
         self.trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
         self.trainer._get_train_sampler()  # the ClassBalancedSampler: record_predictions records only with it
         self.trainer.current_gradient_accumulation_steps = 1  # set by the training loop per update
+        # Trainer.training_step runs compute_loss (student and teacher forwards, losses) inside this context
+        # and the backward outside it: the place for autocast, covering the teacher too.
+        self.trainer.compute_loss_context_manager = self.autocast
         self.model, self.teacher = self.trainer.model, self.trainer.teacher
         self.tr_loss = torch.zeros((), device=self.device)
         self.fixed: dict[str, torch.Tensor] = {}
+
+    def autocast(self):
+        """bf16 autocast of forward passes and losses (a fresh context each time), or nothing for fp32."""
+        return torch.autocast(self.device, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     # The Trainer path -----------------------------------------------------------------------------------
     def step(self, inputs: dict) -> None:
         """What Trainer._inner_training_loop does per batch (gradient_accumulation_steps=1), minus callbacks."""
         trainer, args = self.trainer, self.trainer.args
-        with self.autocast:
-            loss = trainer.training_step(self.model, dict(inputs))
+        loss = trainer.training_step(self.model, dict(inputs))
         if args.logging_nan_inf_filter and (torch.isnan(loss) or torch.isinf(loss)):
             self.tr_loss += self.tr_loss / (1 + trainer.state.global_step)
         else:
@@ -218,17 +237,17 @@ class DistillationStepBench:
 
     # The parts ------------------------------------------------------------------------------------------
     def prepare_parts(self, inputs: dict) -> None:
-        with torch.no_grad(), self.autocast:
+        with torch.no_grad(), self.autocast():
             self.fixed["teacher_logits"] = self.teacher(pixel_values=inputs["pixel_values"]).logits.detach()
             self.fixed["student_logits"] = self.model(pixel_values=inputs["pixel_values"]).logits.detach()
 
     def teacher_forward(self, inputs: dict) -> None:
-        with torch.no_grad(), self.autocast:
+        with torch.no_grad(), self.autocast():
             self.teacher(pixel_values=inputs["pixel_values"])
 
     def student_update(self, inputs: dict) -> None:
         trainer = self.trainer
-        with self.autocast:
+        with self.autocast():
             output = self.model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
             loss = output.loss + KD_WEIGHT * distillation_loss(output.logits, self.fixed["teacher_logits"], KD_LOSS)
         loss.backward()
@@ -262,6 +281,7 @@ def measure_step(bench: DistillationStepBench, inputs: dict, rounds: int, sync) 
         },
         rounds=rounds, warmup=0, sync=sync,
     )
+    cuda_syncs = cuda_sync_warnings(lambda: bench.step(inputs)) if bench.device == "cuda" else None
     bench.clear_records()
     parts = [sum(values) for values in zip(*(times[k] for k in times if k != "step"))]
     batch = inputs["labels"].shape[0]
@@ -276,6 +296,7 @@ def measure_step(bench: DistillationStepBench, inputs: dict, rounds: int, sync) 
         "overhead_ratio": median_ratio(times["step"], parts) - 1.0,
         "host_syncs_per_step": counter.total,
         "host_sync_sites": dict(counter.sites.most_common()),
+        **({"cuda_sync_debug_warnings": cuda_syncs} if cuda_syncs is not None else {}),
         "timings": {k: summary(v) for k, v in times.items()},
     }
 
@@ -372,6 +393,7 @@ def run_size(size: str, args, sync, loader: bool, count_loop: bool) -> dict:
 
 def run(args) -> dict:
     threads = setup_threads(args.threads)
+    env = environment(threads, args.device)  # before the run: the load average at its start
     sync = synchronizer(args.device)
     sizes = ["tiny"] if args.quick else list(SIZES)
     if args.sizes:
@@ -388,8 +410,9 @@ def run(args) -> dict:
             "step": "Trainer per-batch work: training_step (student fwd, record_predictions, teacher fwd under "
                     "no_grad, KD loss, backward) + NaN/Inf filter + floating_point_ops + grad clipping + "
                     "optimizer.step + lr_scheduler.step + zero_grad",
-            "sum_of_parts": "teacher forward + student fwd/CE/KD/backward/clip/optimizer step + record_predictions, each timed alone",
-            "overhead_ratio": "median over rounds of step / sum_of_parts - 1 (target <= 0.10, a goal, not an assertion)",
+            "sum_of_parts": "teacher forward + student fwd/CE/KD/backward/clip/optimizer step + record_predictions, "
+                            "each timed alone",
+            "overhead_ratio": "median over rounds of step / sum_of_parts - 1 (target <= 0.10; a goal, not asserted)",
             "host_syncs_per_step": "calls of Tensor.item/tolist/__bool__/__float__/__int__/cpu/numpy during one step "
                                    "(on CPU these cost nothing; on CUDA each waits for the device)",
         },
@@ -397,7 +420,7 @@ def run(args) -> dict:
                      "num_workers": args.num_workers, "kd_loss": KD_LOSS, "kd_weight": KD_WEIGHT,
                      "resampling": "difficulty"},
         "results": results,
-        "environment": environment(threads, args.device),
+        "environment": env,
     }
 
 
@@ -406,15 +429,19 @@ def main(argv=None) -> dict:
     add_device_flags(parser)
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), help="default: tiny (quick), tiny small_real (full)")
     parser.add_argument("--batch_tiny", type=int, default=16, help="images per step at the tiny size (demo config: 16)")
-    parser.add_argument("--batch_small_real", type=int, default=2, help="images per step at small_real (x 9 views)")
-    parser.add_argument("--rounds_tiny", type=int, default=None)
-    parser.add_argument("--rounds_small_real", type=int, default=3)
+    parser.add_argument("--batch_small_real", type=int,
+                        help="images per step at small_real, x 9 views (default 2 on cpu, 18 on cuda: the reference's)")
+    parser.add_argument("--rounds_tiny", type=int)
+    parser.add_argument("--rounds_small_real", type=int)
     parser.add_argument("--num_workers", type=int, default=0,
-                        help="DataLoader workers of the loader variant (default 0: TrainingArguments' and the demo config's)")
+                        help="DataLoader workers of the loader variant (default 0, as TrainingArguments and the demo)")
     parser.add_argument("--loader_steps", type=int, default=None, help="steps per timed loader round")
     args = parser.parse_args(argv)
     resolve_device_flags(args)
-    args.rounds_tiny = args.rounds_tiny or (3 if args.quick else 11)
+    cuda = args.device == "cuda"
+    args.batch_small_real = args.batch_small_real or (18 if cuda else 2)
+    args.rounds_tiny = args.rounds_tiny or (3 if args.quick else 21)
+    args.rounds_small_real = args.rounds_small_real or (10 if cuda else 5)
     args.loader_steps = args.loader_steps or (2 if args.quick else 6)
     args.loader_rounds = 2 if args.quick else 3
     threads = setup_threads(args.threads)
@@ -424,9 +451,11 @@ def main(argv=None) -> dict:
     rows = []
     for size, entry in payload["results"].items():
         parts = entry["parts_ms"]
-        rows.append([size, entry["batch_images"], entry["images_per_second"], entry["step_ms"], parts["teacher_forward"],
-                     parts["student_forward_backward_step"], parts["bookkeeping"], entry["overhead_ratio"],
-                     entry["host_syncs_per_step"]])
+        rows.append([
+            size, entry["batch_images"], entry["images_per_second"], entry["step_ms"], parts["teacher_forward"],
+            parts["student_forward_backward_step"], parts["bookkeeping"], entry["overhead_ratio"],
+            entry["host_syncs_per_step"],
+        ])
     print_table(
         ["size", "batch", "img/s", "step ms", "teacher ms", "student ms", "bookkeep ms", "overhead", "syncs/step"],
         rows, title=f"bench_train ({payload['mode']}, {args.device}, {args.precision}, "
@@ -435,10 +464,12 @@ def main(argv=None) -> dict:
     for size, entry in payload["results"].items():
         if "loader" in entry:
             loader = entry["loader"]
-            print(f"{size} with DataLoader ({loader['num_workers']} workers): {loader['images_per_second_with_loader']:.1f} img/s, "
+            print(f"{size} with DataLoader ({loader['num_workers']} workers): "
+                  f"{loader['images_per_second_with_loader']:.1f} img/s, "
                   f"without: {loader['images_per_second_without_loader']:.1f} img/s")
         if "trainer_loop" in entry:
-            print(f"{size} Trainer.train() steps: {entry['trainer_loop']['host_syncs_per_step']:.1f} host syncs per step")
+            syncs = entry["trainer_loop"]["host_syncs_per_step"]
+            print(f"{size} Trainer.train() steps: {syncs:.1f} host syncs per step")
     write_json(args.json, payload)
     return payload
 

@@ -306,10 +306,13 @@ class DistillationTrainer(ClassBalancedTrainer):
         self._loss_parts: dict[str, list[torch.Tensor]] = {"ce_loss": [], "kd_loss": []}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        teacher_logits = None
         if model.training and self.teacher is not None:
+            # before the student's forward: with no autograd graph alive, the teacher runs measurably faster
             with torch.no_grad():
                 teacher_logits = self.teacher(pixel_values=inputs["pixel_values"].to(self._teacher_dtype)).logits
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        if teacher_logits is not None:
             kd = distillation_loss(outputs.logits, teacher_logits, self.kd_loss, self.kd_temperature)
             self._loss_parts["ce_loss"].append(loss.detach())
             self._loss_parts["kd_loss"].append(kd.detach())

@@ -174,9 +174,17 @@ def test_evaluation_crops_equal_regions_of_the_upsized_image(tiny):
     upsized = upsized_pixels(image, 128, 192)
     positions, flips = tiny.crop_positions(128, 192, training=False)
     assert not any(flips)
+    resized = np.asarray(tiny.resize_short_side(Image.fromarray(image)))
+    assert resized.shape == (128, 192, 3)
+    grey = 1.0 / 255 / STD.min()
     for view, (top, left) in enumerate(positions):
-        region = upsized[top : top + CROP, left : left + CROP]
+        # exactly the window of the processor's own upsized image ...
+        region = resized[top : top + CROP, left : left + CROP]
         np.testing.assert_allclose(pixel_values[view], normalise(region), atol=1e-5)
+        # ... which is PIL's bicubic upsizing within one grey level (torch's uint8 kernel is PIL's)
+        independent = normalise(upsized[top : top + CROP, left : left + CROP])
+        assert np.abs(pixel_values[view] - independent).max() <= 1.01 * grey
+        assert np.abs(pixel_values[view] - independent).mean() < 0.05 * grey
 
 
 def test_training_crops_equal_flipped_regions_at_the_drawn_positions(tiny):
