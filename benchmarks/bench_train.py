@@ -65,7 +65,7 @@ TARGET_OVERHEAD = 0.10
 KD_LOSS, KD_WEIGHT = "l2", 1.0
 SYNC_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 SIZES = {
-    "tiny": "teacher-tiny (ViT, width 64, depth 2) + student-tiny (small resnet*_clip trunk), 64-pixel views",
+    "tiny": "teacher-tiny (ViT, width 64, depth 3, 8-px patches) + student-tiny (small resnet*_clip trunk), 64-pixel views",
     "small_real": "ViT-S/16 teacher with LayerScale (init_values 1e-5) + full resnet50_clip student "
                   "(OpenAI RN50 image tower, 1024-d), 224-pixel views",
 }

@@ -166,6 +166,7 @@ PROTOCOL_DEFAULTS = {
     "save_total_limit": 2,
     "remove_unused_columns": False,
     "report_to": "none",
+    "logging_nan_inf_filter": False,  # the filter costs a host sync every step
 }
 
 

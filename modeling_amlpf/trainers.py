@@ -309,7 +309,8 @@ class DistillationTrainer(ClassBalancedTrainer):
         teacher_logits = None
         if model.training and self.teacher is not None:
             # before the student's forward: with no autograd graph alive, the teacher runs measurably faster
-            with torch.no_grad():
+            # (accelerate's --bf16/--fp16 autocast wraps only the student's forward: apply it to the teacher too)
+            with torch.no_grad(), self.accelerator.autocast():
                 teacher_logits = self.teacher(pixel_values=inputs["pixel_values"].to(self._teacher_dtype)).logits
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         if teacher_logits is not None:
