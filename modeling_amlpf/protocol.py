@@ -129,9 +129,14 @@ def evaluate_split(trainer, dataset, class_names: list[str], output_dir: Path, p
     from .metrics import compute_classification_metrics
     from .metrics.reporting import flatten_metrics, plot_confusion_matrix
 
-    start = time.perf_counter()
-    prediction = trainer.predict(dataset, metric_key_prefix=prefix)
-    elapsed = time.perf_counter() - start
+    # The full metrics (with the confusion matrix) are computed once below, not also by the Trainer's hook.
+    compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None
+    try:
+        start = time.perf_counter()
+        prediction = trainer.predict(dataset, metric_key_prefix=prefix)
+        elapsed = time.perf_counter() - start
+    finally:
+        trainer.compute_metrics = compute_metrics
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     full = compute_classification_metrics(logits, prediction.label_ids, class_names)
     flat, _ = flatten_metrics(full)

@@ -208,17 +208,13 @@ def test_save_and_load_with_auto_classes_gives_identical_logits(tmp_path, tiny_t
         torch.testing.assert_close(loaded(pixel_values=pixel_values).logits, model(pixel_values=pixel_values).logits)
 
 
-def test_from_config_builds_tiny_presets_quickly():
-    import time
-
+def test_from_config_builds_tiny_presets():
     for preset in (TEACHER_TINY, STUDENT_TINY):
-        start = time.perf_counter()
         model = AutoModel.from_config(AutoConfig.from_pretrained(preset))
-        elapsed = time.perf_counter() - start
         assert model(pixel_values=_views(batch=1)).logits.shape == (1, 4)
+        assert sum(p.numel() for p in model.parameters()) < 1_000_000  # tiny: builds in milliseconds on CPU
         processor = AutoImageProcessor.from_pretrained(preset)
-        assert isinstance(processor, AmlpfImageProcessor) and processor.crop_size == 64
-        assert elapsed < 5.0  # generous bound: a broken preset (e.g. full-size model) takes far longer
+        assert isinstance(processor, AmlpfImageProcessor) and processor.crop_size == 64 and processor.num_views == 9
 
 
 def _save_checkpoint(model, processor, path, tokenizer=None):
