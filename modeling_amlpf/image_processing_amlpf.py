@@ -350,7 +350,7 @@ class AmlpfImageProcessor(BaseImageProcessor):
         new_height, new_width = self.resized_size(height, width)
         if (new_height, new_width) == (height, width):
             return image
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+        pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))
         return Image.fromarray(_resize_uint8(pixels, new_height, new_width).numpy())
 
     def crop_grid(self, height: int, width: int) -> tuple[int, int, int]:
@@ -405,7 +405,7 @@ class AmlpfImageProcessor(BaseImageProcessor):
         Resizing runs on the uint8 pixels with torch's antialiased bicubic (PIL's kernel, within 1-2 grey
         levels of PIL, about twice as fast); only the kept windows are copied out of the resized image."""
         rgb = to_rgb(image)
-        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())  # HWC
+        pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # HWC, one writable copy
         height, width = self.resized_size(rgb.height, rgb.width)
         if (height, width) != (rgb.height, rgb.width):
             pixels = _resize_uint8(pixels, height, width)
