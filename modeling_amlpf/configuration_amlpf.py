@@ -6,6 +6,8 @@ checkpoint saved with ``register_for_auto_class`` carries it as standalone remot
 
 from __future__ import annotations
 
+import math
+
 from transformers import CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -15,6 +17,7 @@ UNI_BACKBONE_KWARGS = {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "
 PROMPT_LEVELS = ("label", "basic", "detailed")
 FUSION_MODES = ("learned", "softmax")
 VISION_BACKENDS = ("timm", "clip")
+CLIP_LOGIT_SCALE_MAX = math.log(100.0)  # CLIP's own training clamp of its temperature (at most 100)
 
 
 def _labels_from_class_names(config: PretrainedConfig, class_names) -> None:
@@ -41,7 +44,7 @@ class AmlpfTeacherConfig(PretrainedConfig):
     """
 
     model_type = "amlpf_teacher"
-    keys_to_ignore_at_inference = ["view_logits"]
+    keys_to_ignore_at_inference = ["view_logits", "hidden_states", "attentions"]
 
     backbone: str = UNI_BACKBONE
     backbone_kwargs: dict | None = None
@@ -77,13 +80,18 @@ class AmlpfClipConfig(PretrainedConfig):
             checkpoint's tokenizer so that the model can re-encode its prompts without a tokenizer.
         fusion: ``"learned"`` (the paper: unconstrained weights, init ``fusion_init``) or ``"softmax"``
             (weights on the simplex, uniform at init).
-        logit_scale_init_value: log of CLIP's logit scale (``ln 100``); clamped at ``ln 100`` as in CLIP.
-        train_logit_scale: whether the logit scale is trained (CLIP's pretrained value is kept by default).
+        logit_scale_init_value: log of CLIP's logit scale (``ln 100``, OpenAI's pretrained value).
+        train_logit_scale: whether the logit scale is trained (CLIP's pretrained value is kept by default; the
+            paper recipes train it, as the reference does).
+        logit_scale_max: upper bound of the logit scale in the forward (``logit_scale.clamp(max=...)``); None
+            (default) applies none, as the reference, which trains the scale freely. ``CLIP_LOGIT_SCALE_MAX``
+            (``ln 100``) restores CLIP's bound. A saved config without this key that trained its logit scale
+            loads with ``ln 100``: the bound it was trained with (``from_dict``).
         class_names: convenience; sets ``id2label``/``label2id``.
     """
 
     model_type = "amlpf_clip"
-    keys_to_ignore_at_inference = ["view_logits", "level_logits"]
+    keys_to_ignore_at_inference = ["view_logits", "level_logits", "hidden_states", "attentions"]
     sub_configs_defaults = {
         "text_config": CLIPTextConfig,
         "vision_config": SubConfigSpec(CLIPVisionConfig, optional=True),
@@ -102,6 +110,7 @@ class AmlpfClipConfig(PretrainedConfig):
     fusion_init: float = 1.0
     logit_scale_init_value: float = 4.605170185988092
     train_logit_scale: bool = False
+    logit_scale_max: float | None = None
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):
@@ -118,6 +127,15 @@ class AmlpfClipConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         _labels_from_class_names(self, class_names)
         self.validate_architecture()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As ``PretrainedConfig.from_dict``; a config saved before ``logit_scale_max`` existed keeps the bound
+        its model was trained with: ``ln 100`` when it trained its logit scale (then always clamped), else none
+        (a frozen pretrained CLIP scale is at most ``ln 100``: the bound never applied)."""
+        if "logit_scale_max" not in config_dict and config_dict.get("train_logit_scale"):
+            config_dict = {**config_dict, "logit_scale_max": CLIP_LOGIT_SCALE_MAX}
+        return super().from_dict(config_dict, **kwargs)
 
     def validate_architecture(self):
         """Part of ``@strict`` validation: catch inconsistent student configs at construction time."""

@@ -1,19 +1,21 @@
 """Multi-view image processor of AMLPF-CLIP: 8 grid crops plus one global view per image.
 
-Self-contained on purpose (only torch, numpy, PIL and transformers): `save_pretrained` copies this single
-file into checkpoints that load with `trust_remote_code=True`.
+Self-contained on purpose (torch, numpy, PIL, transformers and the sibling `image_decoding.py`):
+`save_pretrained` copies both files into checkpoints that load with `trust_remote_code=True`.
 
-Views (paper, "Views"): decode to RGB; upsize so the short side is at least `min_short_side`; take
-`num_crops` windows of `crop_size` from the grid of top-left positions with stride `crop_stride`
-(`large_crop_stride` once a side reaches `large_side_threshold`), random positions and horizontal flips in
-training, evenly spaced positions in evaluation; append the whole image resized to `crop_size` x `crop_size`
-as the last view. Only the kept windows are sliced, converted to float and normalised: the patch grid is
-never materialised.
+Views, by default exactly as the paper's reference code computes them (shared/METHOD.md, "Views"):
+decode to RGB (EXIF orientation applied to files, as `datasets` does); when a side is below `min_short_side`,
+upsize so the short side equals it (torchvision's `Resize(512)` on the PIL image: Pillow's bilinear, long side
+truncated); in training flip the whole upsized image with probability 0.5 and draw `num_crops` grid indices
+uniformly with replacement; in evaluation keep the row-major grid indices k * (n // num_crops); cut
+`crop_size` windows from the grid of top-left positions with stride `crop_stride` (`large_crop_stride` once
+a side reaches `large_side_threshold`); append the whole image resized to `crop_size` x `crop_size` (bilinear,
+no antialiasing) as the last view. Only the kept windows are sliced and normalised: the patch grid is never
+materialised. `resample="bicubic", antialias=True` switches to antialiased bicubic resizing instead.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
@@ -23,7 +25,11 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from transformers.utils import TensorType
+from transformers.utils import TensorType, logging
+
+from .image_decoding import to_rgb
+
+logger = logging.get_logger(__name__)
 
 # Keyword arguments of the small test/debug configuration (`AmlpfImageProcessor(**TINY_PRESET)`).
 TINY_PRESET = {
@@ -34,13 +40,19 @@ TINY_PRESET = {
     "large_side_threshold": 256,
 }
 
-_WHITE = (255, 255, 255, 255)
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+DEFAULT_MIN_SHORT_SIDE = 512
+RESAMPLE_MODES = ("bilinear", "bicubic")
+_PIL_RESAMPLE = {int(Image.Resampling.BILINEAR): "bilinear", int(Image.Resampling.BICUBIC): "bicubic"}
+
+# Settings another image processor (CLIP's, say) shares with this one, with the same meaning.
+_SHARED_SETTINGS = ("image_mean", "image_std", "do_convert_rgb", "do_rescale", "rescale_factor", "do_normalize")
+# Keys that only a foreign processor's configuration holds.
+_FOREIGN_KEYS = ("size", "do_resize", "do_center_crop")
+_TYPE_KEYS = ("image_processor_type", "feature_extractor_type", "processor_class")
 
 
 class AmlpfImageProcessorKwargs(TypedDict, total=False):
-    """Parameters that `from_pretrained(..., **overrides)` may override (read by `ImageProcessingMixin.from_dict`)."""
+    """Every parameter of the processor: overridable in `from_pretrained(..., **overrides)` and per call."""
 
     min_short_side: int
     crop_size: int
@@ -48,161 +60,17 @@ class AmlpfImageProcessorKwargs(TypedDict, total=False):
     crop_stride: int
     large_crop_stride: int
     large_side_threshold: int
+    resample: str
+    antialias: bool
+    do_convert_rgb: bool
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
     image_mean: list[float]
     image_std: list[float]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Decoding to RGB
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    """Histology slides are scanned on white glass, so transparent pixels become white, not black."""
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, _WHITE)
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def _gray_to_rgb(values: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.repeat(values[:, :, None], 3, axis=2))
-
-
-def _scale_integer_gray(image: Image.Image) -> Image.Image:
-    """Map 16-bit and 32-bit integer grey levels to 8 bits by scaling (Pillow's own convert clips at 255).
-
-    16-bit modes divide by 257 (65535 -> 255). Mode "I" holds 16-bit PNG/TIFF content when its values lie
-    in [0, 65535] and is scaled the same way; other ranges are stretched linearly from min to max.
-    """
-    values = np.asarray(image).astype(np.float64)
-    if image.mode in _SIXTEEN_BIT_MODES:
-        scaled = values / 257.0
-    else:
-        low, high = float(values.min()), float(values.max())
-        if 0.0 <= low and high <= 65535.0:
-            scaled = values / 257.0
-        elif high > low:
-            scaled = (values - low) * (255.0 / (high - low))
-        else:
-            scaled = np.zeros_like(values)
-    return _gray_to_rgb(np.rint(scaled).astype(np.uint8))
-
-
-def _scale_float_gray(image: Image.Image) -> Image.Image:
-    """Mode "F": values in [0, 1] are intensities; any other range is stretched linearly from min to max."""
-    values = np.asarray(image).astype(np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("A mode 'F' image contains NaN or infinite values; it cannot be mapped to RGB.")
-    low, high = float(values.min()), float(values.max())
-    if 0.0 <= low and high <= 1.0:
-        scaled = values * 255.0
-    elif high > low:
-        scaled = (values - low) * (255.0 / (high - low))
-    else:
-        scaled = np.zeros_like(values)
-    return _gray_to_rgb(np.rint(scaled).astype(np.uint8))
-
-
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode in _ALPHA_MODES or "transparency" in image.info:
-        # Covers P with a transparent palette entry and L/RGB with a tRNS colour.
-        return _composite_on_white(image)
-    if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        return _scale_integer_gray(image)
-    if mode == "F":
-        return _scale_float_gray(image)
-    if mode == "1":
-        return image.convert("L").convert("RGB")
-    try:
-        return image.convert("RGB")  # L, P, CMYK, YCbCr, HSV, ...
-    except ValueError as error:
-        raise ValueError(
-            f"Cannot convert a PIL image of mode {mode!r} to RGB; convert it before passing it."
-        ) from error
-
-
-def _array_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Bring a numeric array to uint8 without clipping: uint16 / 257, floats in [0, 1] * 255."""
-    if values.dtype == np.uint8:
-        return values
-    if values.dtype == np.bool_:
-        return values.astype(np.uint8) * 255
-    if values.dtype == np.uint16:
-        return np.rint(values / 257.0).astype(np.uint8)
-    if np.issubdtype(values.dtype, np.floating):
-        if values.size and not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0):
-            raise ValueError(
-                "Float images must hold intensities in [0, 1] (got values outside it or NaN); "
-                "rescale them, or pass uint8 (0-255) or uint16 (0-65535) data."
-            )
-        return np.rint(values.astype(np.float64) * 255.0).astype(np.uint8)
-    if np.issubdtype(values.dtype, np.integer):
-        if values.size and (values.min() < 0 or values.max() > 255):
-            raise ValueError(
-                f"Integer images of dtype {values.dtype} must hold 8-bit values in [0, 255]; "
-                "pass 16-bit data as uint16 so it is scaled by 257."
-            )
-        return values.astype(np.uint8)
-    raise TypeError(f"Unsupported image array dtype {values.dtype}; use uint8, uint16 or float in [0, 1].")
-
-
-def _array_to_pil(values: np.ndarray, channels_first: bool) -> Image.Image:
-    """HW, HWC (or CHW when `channels_first`) arrays with 1-4 channels -> PIL L/RGB/RGBA."""
-    if values.ndim == 3 and channels_first:
-        values = np.moveaxis(values, 0, -1)
-    if values.ndim == 3 and values.shape[-1] == 1:
-        values = values[:, :, 0]
-    if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[-1] not in (2, 3, 4)):
-        layout = "CHW" if channels_first else "HWC"
-        raise ValueError(
-            f"Expected one image as an HW or {layout} array with 1-4 channels, got shape {tuple(values.shape)}."
-        )
-    values = np.ascontiguousarray(_array_to_uint8(values))
-    if values.ndim == 2:
-        return _gray_to_rgb(values)
-    if values.shape[-1] == 2:  # grey + alpha: expand to RGBA so it is composited like PIL "LA"
-        gray, alpha = values[:, :, :1], values[:, :, 1:]
-        values = np.concatenate([gray, gray, gray, alpha], axis=2)
-    return _pil_to_rgb(Image.fromarray(values))
-
-
-def _open_path(path: str | os.PathLike) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"Image file not found: {os.fspath(path)!r}.") from error
-    except Image.UnidentifiedImageError as error:
-        raise ValueError(f"{os.fspath(path)!r} is not an image file Pillow can decode.") from error
-
-
-def to_rgb(image: Any) -> Image.Image:
-    """Decode one image (PIL image, HWC numpy array, CHW torch tensor or file path) to an 8-bit RGB PIL image.
-
-    Transparent pixels are composited onto white; 16-bit data is scaled to 8 bits rather than clipped.
-    """
-    if isinstance(image, Image.Image):
-        return _pil_to_rgb(image)
-    if isinstance(image, (str, os.PathLike)):
-        return _pil_to_rgb(_open_path(image))
-    if isinstance(image, torch.Tensor):
-        tensor = image.detach().cpu()
-        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
-            tensor = tensor.float()
-        values = tensor.numpy()
-        channels_first = values.ndim == 3 and values.shape[0] <= 4
-        return _array_to_pil(values, channels_first=channels_first)
-    if isinstance(image, np.ndarray):
-        channels_first = image.ndim == 3 and image.shape[-1] > 4 and image.shape[0] <= 4
-        return _array_to_pil(image, channels_first=channels_first)
-    raise TypeError(
-        f"Unsupported image type {type(image).__name__}; pass a PIL image, a numpy HWC array, "
-        "a torch CHW tensor, a file path, or a list of these."
-    )
+PARAMETER_NAMES = tuple(AmlpfImageProcessorKwargs.__annotations__)
 
 
 def _as_image_list(images: Any) -> list[Any]:
@@ -226,42 +94,51 @@ def _as_generator(generator: torch.Generator | int | None) -> torch.Generator | 
     raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}.")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The processor
-# ----------------------------------------------------------------------------------------------------------
+def _per_image_generators(generator: Any, count: int) -> list[torch.Generator | None]:
+    """One generator per image: a list gives image i its own generator[i]; one generator is shared in order."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != count:
+            raise ValueError(
+                f"generator is a list of {len(generator)} entries for {count} images; give one per image."
+            )
+        return [_as_generator(item) for item in generator]
+    shared = _as_generator(generator)
+    return [shared] * count
 
 
-def _resize_uint8(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """HWC uint8 -> HWC uint8, bicubic (a = -0.5) with antialiasing, as PIL's BICUBIC: torch's uint8 fast path."""
+def _square_side(value: Any, name: str) -> int:
+    """An int, or a transformers size dict of a square ({"height": s, "width": s}, {"shortest_edge": s})."""
+    if isinstance(value, dict):
+        if "height" in value and "width" in value:
+            if value["height"] != value["width"]:
+                raise ValueError(f"{name} must be square for AMLPF views, got {value}.")
+            return int(value["height"])
+        if "shortest_edge" in value:
+            return int(value["shortest_edge"])
+        raise ValueError(f"{name} must be an int or a dict with height/width or shortest_edge, got {value}.")
+    return int(value)
+
+
+def _resample_name(value: Any) -> str:
+    """"bilinear" / "bicubic", also from PIL's resampling constants (2, 3) as transformers configs store them."""
+    if isinstance(value, str) and value.lower() in RESAMPLE_MODES:
+        return value.lower()
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and int(value) in _PIL_RESAMPLE:
+        return _PIL_RESAMPLE[int(value)]
+    raise ValueError(f"resample must be one of {RESAMPLE_MODES} (or PIL's BILINEAR/BICUBIC), got {value!r}.")
+
+
+def _channel_values(value: Any, name: str) -> list[float]:
+    values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(item) for item in value]
+    if len(values) != 3:
+        raise ValueError(f"{name} needs one value per RGB channel (3), got {values}.")
+    return values
+
+
+def _resize_uint8_bicubic(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """HWC uint8 -> HWC uint8, antialiased bicubic (a = -0.5, PIL's kernel) on torch's uint8 fast path."""
     nchw = pixels.permute(2, 0, 1).unsqueeze(0)  # a channels_last view, no copy
     return F.interpolate(nchw, size=(height, width), mode="bicubic", antialias=True)[0].permute(1, 2, 0)
-
-
-def evaluation_lattice(rows: int, columns: int, count: int) -> list[int]:
-    """Row-major grid indices of `count` evaluation crops spread over both axes.
-
-    Evenly spaced indices of the flattened grid can all land in a few columns (when the step is a multiple of
-    the row length, as for 1200x1600 images), so the crops are laid out as a `r x c` lattice whose shape
-    follows the grid's aspect, with evenly spaced rows and columns; cells beyond `count` are dropped from the
-    middle of the last lattice row. Grids too small for a lattice fall back to the flattened spacing."""
-    best = None
-    for lattice_rows in range(1, count + 1):
-        lattice_cols = -(-count // lattice_rows)
-        if lattice_rows > rows or lattice_cols > columns:
-            continue
-        waste = lattice_rows * lattice_cols - count
-        mismatch = abs(np.log((lattice_rows / lattice_cols) / (rows / columns)))
-        key = (waste, mismatch)
-        if best is None or key < best[0]:
-            best = (key, lattice_rows, lattice_cols)
-    if best is None:
-        return np.rint(np.linspace(0, rows * columns - 1, count)).astype(int).tolist()
-    _, lattice_rows, lattice_cols = best
-    row_at = np.rint(np.linspace(0, rows - 1, lattice_rows)).astype(int)
-    col_at = np.rint(np.linspace(0, columns - 1, lattice_cols)).astype(int)
-    cells = [(r, c) for r in range(lattice_rows) for c in range(lattice_cols)]
-    cells = cells[:count] if len(cells) == count else cells[: count - 1] + [cells[-1]]
-    return [int(row_at[r] * columns + col_at[c]) for r, c in cells]
 
 
 class AmlpfImageProcessor(BaseImageProcessor):
@@ -269,18 +146,27 @@ class AmlpfImageProcessor(BaseImageProcessor):
 
     V = `num_crops` + 1 with the global view last; S = `crop_size`. The global view is the whole upsized image
     resized (squashed) to S x S, so it needs no separate size parameter. `num_crops=0` yields the global view
-    alone (V = 1), a plain single-view baseline.
+    alone (V = 1), a plain single-view baseline. The defaults reproduce the reference code's views exactly.
 
     Args:
-        min_short_side: images whose short side is below this are upsized (bicubic, aspect kept) so the short
-            side equals it; larger images are never downsized. Must be >= `crop_size`.
-        crop_size: side of the square crops and of the global view.
+        min_short_side: images with a side below this are upsized (aspect kept, long side truncated as
+            torchvision's `Resize` does) so the short side equals it; larger images are never downsized.
+            Must be >= `crop_size`.
+        crop_size: side of the square crops and of the global view (an int, or a square size dict).
         num_crops: crops per image.
         crop_stride: stride of the grid of crop top-left positions.
         large_crop_stride: stride used instead when the upsized height or width is >= `large_side_threshold`.
         large_side_threshold: side length (after upsizing) from which `large_crop_stride` applies.
-        image_mean, image_std: per-channel normalisation of [0, 1] intensities (ImageNet by default, as the
-            reference uses for both the UNI teacher and the CLIP student).
+        resample: "bilinear" (the reference: Pillow's bilinear upsizing, as torchvision's `Resize` on a PIL
+            image, and bilinear global view) or "bicubic" (antialiased bicubic upsizing, bicubic global view).
+        antialias: antialias the global view's downscaling (the reference does not: False).
+        do_convert_rgb: convert any colour mode to RGB (alpha on white, 16-bit scaled); False refuses inputs
+            that are not already RGB instead of converting them.
+        do_rescale, rescale_factor: multiply the 8-bit pixel values by `rescale_factor` (1/255).
+        do_normalize, image_mean, image_std: per-channel normalisation (ImageNet by default, as the reference
+            uses for both the UNI teacher and the CLIP student).
+
+    Every parameter can also be given per call (`processor(images, num_crops=0, image_mean=...)`).
     """
 
     model_input_names = ["pixel_values"]
@@ -288,25 +174,37 @@ class AmlpfImageProcessor(BaseImageProcessor):
 
     def __init__(
         self,
-        min_short_side: int = 512,
-        crop_size: int = 224,
+        min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+        crop_size: int | dict[str, int] = 224,
         num_crops: int = 8,
         crop_stride: int = 32,
         large_crop_stride: int = 48,
         large_side_threshold: int = 1024,
-        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        resample: str | int = "bilinear",
+        antialias: bool = False,
+        do_convert_rgb: bool = True,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: Sequence[float] | float = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] | float = IMAGENET_DEFAULT_STD,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.min_short_side = int(min_short_side)
-        self.crop_size = int(crop_size)
+        self.crop_size = _square_side(crop_size, "crop_size")
         self.num_crops = int(num_crops)
         self.crop_stride = int(crop_stride)
         self.large_crop_stride = int(large_crop_stride)
         self.large_side_threshold = int(large_side_threshold)
-        self.image_mean = [float(value) for value in image_mean]
-        self.image_std = [float(value) for value in image_std]
+        self.resample = _resample_name(resample)
+        self.antialias = bool(antialias)
+        self.do_convert_rgb = bool(do_convert_rgb)
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
+        self.image_mean = _channel_values(image_mean, "image_mean")
+        self.image_std = _channel_values(image_std, "image_std")
         self._validate_parameters()
 
     def _validate_parameters(self) -> None:
@@ -320,38 +218,97 @@ class AmlpfImageProcessor(BaseImageProcessor):
                 f"crop_size ({self.crop_size}) must not exceed min_short_side ({self.min_short_side}), "
                 "otherwise an image could be too small to hold a single crop; raise min_short_side."
             )
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError("image_mean and image_std need one value per RGB channel (3 each).")
         if min(self.image_std) <= 0:
             raise ValueError(f"image_std must be positive, got {self.image_std}.")
+        if not self.rescale_factor > 0:
+            raise ValueError(f"rescale_factor must be positive, got {self.rescale_factor}.")
 
     @property
     def num_views(self) -> int:
         """Views per image: the crops plus the global view."""
         return self.num_crops + 1
 
+    def settings(self) -> dict[str, Any]:
+        """The processor's settings as keyword arguments (what `to_dict` saves, without bookkeeping keys)."""
+        return {name: getattr(self, name) for name in PARAMETER_NAMES}
+
+    def with_overrides(self, **overrides: Any) -> AmlpfImageProcessor:
+        """A processor with some settings replaced (validated as in `__init__`); `self` when there are none.
+
+        None means "not given", as in transformers' processors. Unknown names raise a TypeError."""
+        unknown = sorted(set(overrides) - set(PARAMETER_NAMES))
+        if unknown:
+            raise TypeError(
+                f"Unexpected arguments {unknown}; AmlpfImageProcessor accepts per call: {', '.join(PARAMETER_NAMES)} "
+                "(plus training, generator, return_tensors, return_view_geometry)."
+            )
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        if not overrides:
+            return self
+        return type(self)(**{**self.settings(), **overrides})
+
+    # --- loading configurations of other processors ---------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs):
+        """As transformers' `from_dict`; another processor's configuration (CLIP's) is mapped onto this one."""
+        if cls._is_foreign(image_processor_dict):
+            image_processor_dict = cls.map_foreign_config(image_processor_dict)
+        return super().from_dict(image_processor_dict, **kwargs)
+
+    @classmethod
+    def from_clip_image_processor_dict(cls, image_processor_dict: dict[str, Any], **kwargs) -> AmlpfImageProcessor:
+        """A processor from a `CLIPImageProcessor` configuration (see `map_foreign_config`)."""
+        return super().from_dict(cls.map_foreign_config(image_processor_dict), **kwargs)
+
+    @classmethod
+    def _is_foreign(cls, config: dict[str, Any]) -> bool:
+        kind = config.get("image_processor_type") or config.get("feature_extractor_type")
+        return (kind is not None and kind != cls.__name__) or any(key in config for key in _FOREIGN_KEYS)
+
+    @classmethod
+    def map_foreign_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Keep what another processor's configuration (e.g. a CLIP checkpoint's) shares with AMLPF's views.
+
+        Kept: the normalisation (`image_mean`, `image_std`: the statistics the checkpoint was trained with),
+        `do_convert_rgb`, `do_rescale`, `rescale_factor`, `do_normalize`, and the model's input size (its
+        `crop_size`, else its `size`) as `crop_size`. Replaced by AMLPF's multi-view geometry and
+        interpolation (defaults of this class): resizing, centre cropping, `resample` and every other key.
+        The mapping is logged once as a warning."""
+        kind = config.get("image_processor_type") or config.get("feature_extractor_type") or "image processor"
+        mapped = {key: config[key] for key in _SHARED_SETTINGS if config.get(key) is not None}
+        size_key = next(
+            (key for key in ("crop_size", "size") if config.get(key) is not None and (
+                key != "crop_size" or config.get("do_center_crop", True))),
+            None,
+        )
+        if size_key is not None:
+            mapped["crop_size"] = _square_side(config[size_key], size_key)
+            if mapped["crop_size"] > DEFAULT_MIN_SHORT_SIDE:
+                mapped["min_short_side"] = mapped["crop_size"]
+        replaced = sorted(key for key in config if key not in mapped and key not in _TYPE_KEYS)
+        described = [f"{key}={mapped[key]}" if key == "crop_size" else key for key in mapped]
+        logger.warning(
+            f"Mapped a {kind} configuration onto AmlpfImageProcessor: kept {', '.join(described) or 'nothing'}; "
+            f"replaced by AMLPF's multi-view geometry and interpolation: {', '.join(replaced) or 'nothing'}. "
+            "save_pretrained() writes the mapped configuration."
+        )
+        return mapped
+
     # --- geometry ------------------------------------------------------------------------------------------
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) after the upsizing step: short side raised to `min_short_side`, aspect kept."""
-        short = min(height, width)
+        """(height, width) after upsizing: when a side is below `min_short_side`, the short side becomes
+        `min_short_side` and the long side int(min_short_side * long / short), as torchvision's `Resize(size)`."""
+        short, long = min(height, width), max(height, width)
         if short >= self.min_short_side:
             return height, width
-        target = self.min_short_side
+        new_short, new_long = self.min_short_side, int(self.min_short_side * long / short)
+        return (new_short, new_long) if height <= width else (new_long, new_short)
 
-        def scale(side: int) -> int:  # round half up in integer arithmetic, exact for the short side
-            return (2 * side * target + short) // (2 * short)
-
-        return scale(height), scale(width)
-
-    def resize_short_side(self, image: Image.Image) -> Image.Image:
-        """Upsize (antialiased bicubic) so the short side is `min_short_side`; larger images are returned as is."""
-        height, width = image.height, image.width
-        new_height, new_width = self.resized_size(height, width)
-        if (new_height, new_width) == (height, width):
-            return image
-        pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))
-        return Image.fromarray(_resize_uint8(pixels, new_height, new_width).numpy())
+    def resize_short_side(self, image: Any) -> Image.Image:
+        """The upsized RGB image (`resample`'s kernel); images with no side below `min_short_side` as they are."""
+        return Image.fromarray(self._upsized_pixels(to_rgb(image, convert=self.do_convert_rgb)).numpy())
 
     def crop_grid(self, height: int, width: int) -> tuple[int, int, int]:
         """(stride, rows, columns) of the grid of crop top-left positions on a (resized) image of this size."""
@@ -366,6 +323,25 @@ class AmlpfImageProcessor(BaseImageProcessor):
         columns = (width - self.crop_size) // stride + 1
         return stride, rows, columns
 
+    def _draw_views(
+        self, height: int, width: int, training: bool, generator: torch.Generator | None
+    ) -> tuple[list[tuple[int, int]], bool]:
+        """(top, left) of each crop in the unflipped upsized image, and whether the whole image is flipped."""
+        stride, rows, columns = self.crop_grid(height, width)
+        count = rows * columns
+        if training:
+            flip = bool(torch.rand((), generator=generator) < 0.5)
+            indices = torch.randint(count, (self.num_crops,), generator=generator).tolist()
+        else:
+            flip = False
+            indices = [k * (count // self.num_crops) for k in range(self.num_crops)] if self.num_crops else []
+        positions = []
+        for index in indices:
+            top, left = (index // columns) * stride, (index % columns) * stride
+            # The grid is laid on the flipped image: its column c is the mirrored window in the original.
+            positions.append((top, width - self.crop_size - left if flip else left))
+        return positions, flip
+
     def crop_positions(
         self,
         height: int,
@@ -373,91 +349,119 @@ class AmlpfImageProcessor(BaseImageProcessor):
         training: bool = False,
         generator: torch.Generator | int | None = None,
     ) -> tuple[list[tuple[int, int]], list[bool]]:
-        """Top-left (top, left) of each crop on the resized image, and whether each crop is flipped.
+        """Top-left (top, left) of each crop in the upsized (unflipped) image, and whether each crop is flipped.
 
-        Training: grid positions drawn at random (distinct when the grid has at least `num_crops` of them,
-        with replacement otherwise) and flips with probability 0.5, from `generator` (torch's global RNG
-        when None). Evaluation: a lattice of `num_crops` positions spread evenly over both axes of the grid
-        (e.g. 2 x 4 for a landscape image), corners included, no flips; see `evaluation_lattice`.
+        As the reference: training flips the whole image with probability 0.5 (so every crop, and the global
+        view, shares one flip) and draws `num_crops` grid indices uniformly with replacement on the flipped
+        image, from `generator` (torch's global RNG when None); evaluation keeps the row-major grid indices
+        k * (n // num_crops), k = 0 .. num_crops - 1, of the n grid positions, unflipped. A crop at (top, left)
+        with flip is `image[top:top+S, left:left+S]` mirrored. `height`, `width`: see `resized_size`.
         """
-        stride, rows, columns = self.crop_grid(height, width)
-        n_positions = rows * columns
-        if self.num_crops == 0:
-            return [], []
-        if training:
-            generator = _as_generator(generator)
-            if n_positions >= self.num_crops:
-                indices = torch.randperm(n_positions, generator=generator)[: self.num_crops].tolist()
-            else:
-                indices = torch.randint(n_positions, (self.num_crops,), generator=generator).tolist()
-            flips = (torch.rand(self.num_crops, generator=generator) < 0.5).tolist()
-        else:
-            indices = evaluation_lattice(rows, columns, self.num_crops)
-            flips = [False] * self.num_crops
-        positions = [((index // columns) * stride, (index % columns) * stride) for index in indices]
-        return positions, flips
+        positions, flip = self._draw_views(height, width, training, _as_generator(generator) if training else None)
+        return positions, [flip] * len(positions)
 
     # --- views ---------------------------------------------------------------------------------------------
 
-    def _image_views(self, image: Any, training: bool, generator: torch.Generator | None) -> np.ndarray:
-        """uint8 views of one image, shape (V, S, S, 3), global view last.
-
-        Resizing runs on the uint8 pixels with torch's antialiased bicubic (PIL's kernel, within 1-2 grey
-        levels of PIL, about twice as fast); only the kept windows are copied out of the resized image."""
-        rgb = to_rgb(image)
-        pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # HWC, one writable copy
+    def _upsized_pixels(self, rgb: Image.Image) -> torch.Tensor:
+        """HWC uint8 pixels after the upsizing step (one writable copy)."""
         height, width = self.resized_size(rgb.height, rgb.width)
-        if (height, width) != (rgb.height, rgb.width):
-            pixels = _resize_uint8(pixels, height, width)
-        size = self.crop_size
-        views = torch.empty((self.num_views, size, size, 3), dtype=torch.uint8)
-        views[-1] = _resize_uint8(pixels, size, size)
-        positions, flips = self.crop_positions(height, width, training, generator)
-        for view, ((top, left), flip) in enumerate(zip(positions, flips)):
-            window = pixels[top : top + size, left : left + size]
-            views[view] = window.flip(1) if flip else window
-        return views.numpy()
+        if (height, width) != (rgb.height, rgb.width) and self.resample == "bilinear":
+            # torchvision's Resize on a PIL image is exactly this call: bit-identical to the reference.
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))
+        if pixels.shape[:2] != (height, width):
+            pixels = _resize_uint8_bicubic(pixels, height, width)
+        return pixels
 
-    def _normalise(self, views: np.ndarray) -> torch.Tensor:
-        """uint8 (..., S, S, 3) views -> normalised float32 (..., 3, S, S); the only uint8-to-float conversion,
-        one strided pass per channel (three times faster than one HWC->CHW permute of the whole batch)."""
-        views = torch.from_numpy(views)
-        out = torch.empty((*views.shape[:-3], 3, *views.shape[-3:-1]), dtype=torch.float32)
-        for channel in range(3):
-            plane = out[..., channel, :, :]
-            plane.copy_(views[..., channel])
-            std = float(self.image_std[channel])
-            plane.mul_(1.0 / (255.0 * std)).sub_(float(self.image_mean[channel]) / std)
-        return out
+    def _global_view(self, pixels: torch.Tensor, flip: bool) -> torch.Tensor:
+        """(3, S, S) float in 0-255 units: the whole upsized image resized to S x S.
+
+        Computed on float pixels, never rounded to 8 bits: bilinear interpolation commutes with the per-channel
+        affine normalisation, so this equals the reference's resize of the normalised image (float rounding)."""
+        size = self.crop_size
+        whole = pixels.permute(2, 0, 1).unsqueeze(0).float()
+        view = F.interpolate(
+            whole, size=(size, size), mode=self.resample, align_corners=False, antialias=self.antialias
+        )
+        if self.resample == "bicubic":
+            view = view.clamp_(0.0, 255.0)  # bicubic overshoots; 8-bit images cannot
+        return view[0].flip(-1) if flip else view[0]
+
+    def _image_views(
+        self, image: Any, training: bool, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+        """One image -> (crops uint8 (num_crops, S, S, 3), global view float (3, S, S), geometry rows)."""
+        pixels = self._upsized_pixels(to_rgb(image, convert=self.do_convert_rgb))
+        height, width = pixels.shape[:2]
+        positions, flip = self._draw_views(height, width, training, generator)
+        size = self.crop_size
+        crops = torch.empty((len(positions), size, size, 3), dtype=torch.uint8)
+        for view, (top, left) in enumerate(positions):
+            window = pixels[top : top + size, left : left + size]
+            crops[view] = window.flip(1) if flip else window
+        geometry = [(top, left, int(flip)) for top, left in positions] + [(-1, -1, int(flip))]
+        return crops, self._global_view(pixels, flip), geometry
+
+    def _scale_and_offset(self) -> tuple[list[float], list[float]]:
+        """Per channel, value = pixel * scale - offset: rescaling and normalisation fused into one affine map."""
+        factor = self.rescale_factor if self.do_rescale else 1.0
+        if not self.do_normalize:
+            return [factor] * 3, [0.0] * 3
+        scales = [factor / std for std in self.image_std]
+        return scales, [mean / std for mean, std in zip(self.image_mean, self.image_std)]
+
+    def _write_normalised(self, out: torch.Tensor, crops: torch.Tensor, global_view: torch.Tensor) -> None:
+        """Fill `out` (V, 3, S, S) float32: the only uint8-to-float conversion of the crops, one strided pass
+        per channel (three times faster than one HWC->CHW permute)."""
+        scales, offsets = self._scale_and_offset()
+        for channel, (scale, offset) in enumerate(zip(scales, offsets)):
+            planes = out[:, channel]
+            planes[:-1].copy_(crops[..., channel])
+            planes[-1].copy_(global_view[channel])
+            planes.mul_(scale).sub_(offset)
 
     def preprocess(
         self,
         images: Any,
         training: bool = False,
-        return_tensors: str | None = "pt",
-        generator: torch.Generator | int | None = None,
-        **kwargs,
+        return_tensors: str | TensorType | None = "pt",
+        generator: torch.Generator | int | Sequence[torch.Generator | int] | None = None,
+        return_view_geometry: bool = False,
+        **overrides: Any,
     ) -> BatchFeature:
         """Build `pixel_values` (B, V, 3, S, S) for an image or a list of images.
 
-        `training` switches on random crop positions and flips; `generator` (a torch.Generator or an int seed)
-        makes them reproducible, and is consumed image after image. `return_tensors`: "pt" (default) or "np";
-        None also returns a torch tensor.
+        Args:
+            images: an image (PIL, array, tensor, file path, bytes) or a list of them, or a 4-D batch.
+            training: random whole-image flips and crop positions (the reference's training views).
+            return_tensors: "pt" (default; None too) or "np".
+            generator: makes training views reproducible: a torch.Generator or an int seed, consumed image
+                after image; or a list with one per image, so that image i's views depend only on
+                generator[i]. Ignored in evaluation.
+            return_view_geometry: also return `view_geometry`, (B, V, 3) int64 rows (top, left, flipped) of
+                each crop in the upsized image, the global view (last) as (-1, -1, flipped). Equal rows of
+                the same image are equal views; `pixel_values` does not depend on this flag.
+            **overrides: any parameter of the processor for this call only (`num_crops=0`, `image_mean=...`).
         """
-        if kwargs:
-            raise TypeError(
-                f"Unexpected arguments {sorted(kwargs)}; set view parameters on the processor itself "
-                "(e.g. AmlpfImageProcessor(num_crops=0)) rather than per call."
-            )
-        generator = _as_generator(generator) if training else None
-        views = np.stack([self._image_views(image, training, generator) for image in _as_image_list(images)])
-        pixel_values = self._normalise(views)
+        processor = self.with_overrides(**overrides)
+        items = _as_image_list(images)
+        generators = _per_image_generators(generator, len(items))
+        size = processor.crop_size
+        pixel_values = torch.empty((len(items), processor.num_views, 3, size, size), dtype=torch.float32)
+        geometry = []
+        for index, (item, item_generator) in enumerate(zip(items, generators)):
+            crops, global_view, rows = processor._image_views(item, training, item_generator)
+            processor._write_normalised(pixel_values[index], crops, global_view)
+            geometry.append(rows)
+        data = {"pixel_values": pixel_values}
+        if return_view_geometry:
+            data["view_geometry"] = torch.tensor(geometry, dtype=torch.long)
         tensor_type = TensorType.PYTORCH if return_tensors is None else TensorType(return_tensors)
         if tensor_type == TensorType.NUMPY:
-            return BatchFeature(data={"pixel_values": pixel_values.numpy()}, tensor_type=tensor_type)
+            return BatchFeature(data={key: value.numpy() for key, value in data.items()}, tensor_type=tensor_type)
         if tensor_type != TensorType.PYTORCH:
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
-        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=tensor_type)
+        return BatchFeature(data=data, tensor_type=tensor_type)
 
     def __call__(self, images: Any = None, *args, **kwargs) -> BatchFeature:
         """Same as `preprocess`; `images` may also be passed by keyword, as pipelines do."""
@@ -466,4 +470,4 @@ class AmlpfImageProcessor(BaseImageProcessor):
         return self.preprocess(images, *args, **kwargs)
 
 
-__all__ = ["AmlpfImageProcessor", "TINY_PRESET", "to_rgb"]
+__all__ = ["AmlpfImageProcessor", "RESAMPLE_MODES", "TINY_PRESET", "to_rgb"]

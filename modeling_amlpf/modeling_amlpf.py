@@ -4,47 +4,63 @@ Both take ``pixel_values`` of shape (B, V, 3, H, W) (the processor's 8 crops + 1
 or (B, 3, H, W) for a single view, and aggregate per-view logits as the paper does:
 ``(mean(crop logits) + global logits) / 2``.
 
+Both follow transformers' conventions for image classifiers: ``self.loss_function`` (honours
+``config.problem_type``), ``output_hidden_states``/``output_attentions``/``return_dict`` with config defaults,
+gradient checkpointing, and proper initialisation of whatever ``from_pretrained`` finds missing.
+
 This module imports only ``configuration_amlpf`` from the package: ``save_pretrained`` copies both files into
 the checkpoint, so ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` works without the package.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
-from .configuration_amlpf import AmlpfClipConfig, AmlpfTeacherConfig
+from .configuration_amlpf import CLIP_LOGIT_SCALE_MAX, AmlpfClipConfig, AmlpfTeacherConfig
 
 logger = logging.get_logger(__name__)
 
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature at 100
+MAX_LOGIT_SCALE = CLIP_LOGIT_SCALE_MAX  # CLIP's bound; applied only with config.logit_scale_max
 
 
 @dataclass
 class AmlpfImageClassifierOutput(ModelOutput):
-    """Teacher output. ``logits`` are the view-aggregated image logits (B, C); ``view_logits`` (B, V, C)."""
+    """Teacher output. ``logits`` are the view-aggregated image logits (B, C); ``view_logits`` (B, V, C).
+    ``hidden_states`` (only when asked for): the backbone's per-block outputs from timm's
+    ``forward_intermediates`` (NCHW), shaped (B, V, ...) for multi-view input. ``attentions``: timm exposes none."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     view_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class AmlpfClipOutput(ModelOutput):
     """Student output: fused image logits (B, C), per-view fused logits (B, V, C), and the per-level logits
-    (B, L, C) aggregated over views like the fused ones (useful to see what each prompt level contributes)."""
+    (B, L, C) aggregated over views like the fused ones (useful to see what each prompt level contributes).
+    ``hidden_states``/``attentions`` (only when asked for) are the image tower's, shaped (B, V, ...) for
+    multi-view input: timm towers give ``forward_intermediates`` (NCHW) and no attentions."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     view_logits: torch.FloatTensor | None = None
     level_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def aggregate_view_logits(view_logits: torch.Tensor) -> torch.Tensor:
@@ -68,6 +84,21 @@ def flatten_views(pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     )
 
 
+def _unflatten_views(output: ModelOutput, batch: int, views: int) -> ModelOutput:
+    """Reshape every tensor of a per-view output from (B*V, ...) back to (B, V, ...)."""
+
+    def unflatten(value):
+        if isinstance(value, torch.Tensor):
+            return value.unflatten(0, (batch, views))
+        if isinstance(value, (tuple, list)):
+            return tuple(unflatten(v) for v in value)
+        return value
+
+    for key in list(output.keys()):
+        output[key] = unflatten(output[key])
+    return output
+
+
 def create_timm_model(name: str, model_kwargs: dict | None = None, **overrides) -> nn.Module:
     """Build a randomly initialised timm model. ``model_kwargs`` is JSON (it lives in config.json): a
     ``blocks`` list of dicts is turned into timm ``ByoBlockCfg``s so that small members of the
@@ -84,17 +115,167 @@ def create_timm_model(name: str, model_kwargs: dict | None = None, **overrides) 
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def _classification_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-    return None if labels is None else F.cross_entropy(logits, labels.to(logits.device).long())
+# --------------------------------------------------------------------------------------------- timm towers
+def _is_loaded(tensor: torch.Tensor) -> bool:
+    """``from_pretrained`` flags every tensor it filled from the checkpoint (and transformers' init skips them)."""
+    return bool(getattr(tensor, "_is_hf_initialized", False))
+
+
+def _tensor_slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, str, torch.Tensor]]:
+    """(qualified name, owner, "_parameters" | "_buffers", attribute, tensor) of every tensor of ``module``."""
+    for prefix, owner in module.named_modules(remove_duplicate=False):
+        for kind in ("_parameters", "_buffers"):
+            for attribute, tensor in getattr(owner, kind).items():
+                if tensor is not None:
+                    yield (f"{prefix}.{attribute}" if prefix else attribute), owner, kind, attribute, tensor
+
+
+def mark_initialised(module: nn.Module) -> None:
+    """Flag the tensors of ``module`` as initialised, as ``from_pretrained`` does with loaded ones. Meta tensors
+    (``from_pretrained`` builds on meta) stay unflagged: a flag there would hide them from its missing keys."""
+    for *_, tensor in _tensor_slots(module):
+        if tensor.device.type != "meta":
+            tensor._is_hf_initialized = True
+
+
+@torch.no_grad()
+def init_timm_weights(tower: nn.Module, build: Callable[[], nn.Module]) -> list[str]:
+    """Give the tensors of a timm model that no checkpoint filled (missing or size-mismatched keys of
+    ``from_pretrained``) timm's own initialisation, leaving loaded tensors as they are; return their names.
+
+    timm initialises a whole model at once (``init_weights()`` of ViTs/ResNets/..., else in its constructor), so:
+    a model with ``init_weights`` runs it with the loaded tensors swapped for meta-device stand-ins (writes to them
+    cost nothing and change nothing); any other model is built afresh by ``build`` and the missing tensors copied.
+    """
+    slots = list(_tensor_slots(tower))
+    missing = [name for name, *_, tensor in slots if not _is_loaded(tensor)]
+    if not missing:
+        return []
+    if callable(getattr(tower, "init_weights", None)):
+        loaded = [(owner, kind, attr, tensor) for _, owner, kind, attr, tensor in slots if _is_loaded(tensor)]
+        for owner, kind, attribute, tensor in loaded:
+            stand_in = torch.empty_like(tensor, device="meta")
+            if kind == "_parameters":
+                stand_in = nn.Parameter(stand_in, requires_grad=tensor.requires_grad)
+            getattr(owner, kind)[attribute] = stand_in
+        try:
+            tower.init_weights()
+        finally:
+            for owner, kind, attribute, tensor in loaded:
+                getattr(owner, kind)[attribute] = tensor
+    else:
+        fresh = {name: tensor for name, *_, tensor in _tensor_slots(build())}
+        current = {name: tensor for name, *_, tensor in _tensor_slots(tower)}
+        for name in missing:
+            current[name].copy_(fresh[name])
+    for module in tower.modules():  # buffers that no checkpoint holds (rotary tables, ...)
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+    mark_initialised(tower)
+    return missing
+
+
+def timm_features(
+    tower: nn.Module, pixel_values: torch.Tensor, output_hidden_states: bool | list[int] | None = False
+) -> BaseModelOutputWithPooling:
+    """Run a timm model as transformers' ``TimmWrapperModel`` does: ``last_hidden_state`` from
+    ``forward_features`` (``forward_intermediates`` when hidden states are asked for, which gives them in timm's
+    NCHW layout), ``pooler_output`` from ``forward_head`` (equal to ``tower(pixel_values)``). A list of indices
+    keeps those hidden states (negative ones count from the end) and puts None in the other places, as
+    transformers' ``output_hidden_states=[...]`` does."""
+    if output_hidden_states is not None and output_hidden_states is not False:
+        if not hasattr(tower, "forward_intermediates"):
+            raise ValueError(
+                f"output_hidden_states needs a timm model with forward_intermediates; {type(tower).__name__} has none"
+            )
+        last_hidden_state, hidden_states = tower.forward_intermediates(pixel_values)
+        if isinstance(output_hidden_states, (list, tuple)):
+            kept = {index % len(hidden_states) for index in output_hidden_states}
+            hidden_states = [h if i in kept else None for i, h in enumerate(hidden_states)]
+        hidden_states = tuple(hidden_states)
+    else:
+        last_hidden_state, hidden_states = tower.forward_features(pixel_values), None
+    return BaseModelOutputWithPooling(
+        last_hidden_state=last_hidden_state, pooler_output=tower.forward_head(last_hidden_state),
+        hidden_states=hidden_states,
+    )
+
+
+def _warn_no_timm_attentions(output_attentions: bool | None, tower: nn.Module) -> None:
+    if output_attentions:
+        logger.warning_once(
+            f"output_attentions: the timm model {type(tower).__name__} exposes no attention maps; attentions is None"
+        )
 
 
 class _AmlpfPreTrainedModel(PreTrainedModel):
-    """Shared conventions of both models."""
+    """Shared conventions of both models: loss, initialisation of a timm tower, gradient checkpointing."""
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     # The losses are per-batch means: the Trainer must scale them for gradient accumulation itself.
     accepts_loss_kwargs = False
+    supports_gradient_checkpointing = True
+
+    def _vision_tower(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _build_timm_tower(self) -> nn.Module:
+        """A freshly initialised copy of the timm tower (what timm's constructor gives)."""
+        raise NotImplementedError
+
+    def _uses_timm_tower(self) -> bool:
+        return not isinstance(self._vision_tower(), PreTrainedModel)
+
+    def _timm_tower_built(self, tower: nn.Module) -> None:
+        """Call right after creating the timm tower in ``__init__``: timm has initialised it, so ``post_init`` must
+        not do it again."""
+        mark_initialised(tower)
+        self.supports_gradient_checkpointing = hasattr(tower, "set_grad_checkpointing")
+
+    def _freeze(self) -> None:
+        """Re-apply ``requires_grad=False`` to frozen parts: loading gives every loaded parameter ``requires_grad``."""
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        """transformers' initialisation (``_init_weights`` on what is not initialised yet; ``from_pretrained`` runs
+        it after loading, on what the checkpoint lacked) plus timm's own initialisation for a timm tower.
+
+        CLIP towers run their own ``initialize_weights`` first, as when loaded on their own: run from this (custom
+        code) model, transformers would skip CLIP's per-layer rules for modules without tensors of their own
+        (attention, MLP, projection) and leave their weights with the generic N(0, 0.02)."""
+        for child in self.children():
+            if isinstance(child, PreTrainedModel):
+                child.initialize_weights()
+        super().initialize_weights()
+        if self._uses_timm_tower():
+            initialised = init_timm_weights(self._vision_tower(), self._build_timm_tower)
+            if initialised:
+                logger.info(f"timm's initialisation for {len(initialised)} image-tower tensor(s): {initialised[:5]}")
+        self._freeze()
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
+    ):
+        # CLIP towers are PreTrainedModels (the frozen text tower runs without gradients, so its flag changes
+        # nothing); a timm tower has its own switch and its own checkpoint function.
+        for child in self.children():
+            if isinstance(child, PreTrainedModel):
+                child._set_gradient_checkpointing(
+                    enable=enable, gradient_checkpointing_func=gradient_checkpointing_func,
+                    every_n_layers=every_n_layers,
+                )
+        tower = self._vision_tower()
+        if not isinstance(tower, PreTrainedModel):
+            if enable and every_n_layers != 1:
+                logger.warning_once("every_n_layers is ignored for timm towers: timm checkpoints every block")
+            tower.set_grad_checkpointing(enable)
+        self.gradient_checkpointing = enable  # read by `is_activation_checkpointing`
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """transformers' image-classification loss: cross-entropy, BCE-with-logits or MSE by ``config.problem_type``
+        (inferred from ``num_labels`` and the labels' dtype when unset, as transformers' classifiers do)."""
+        return None if labels is None else self.loss_function(labels, logits, self.config)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # One class serves AutoModel and AutoModelForImageClassification; register_for_auto_class only
@@ -134,33 +315,57 @@ class AmlpfTeacherForImageClassification(_AmlpfPreTrainedModel):
 
     def __init__(self, config: AmlpfTeacherConfig):
         super().__init__(config)
-        self.backbone = create_timm_model(config.backbone, config.backbone_kwargs, num_classes=0)
+        self.backbone = self._build_timm_tower()
+        self._timm_tower_built(self.backbone)
         self.head = AmlpfMLPHead(
             self.backbone.num_features, config.head_hidden_sizes, config.num_labels, config.head_dropout
         )
         self.post_init()
 
+    def _vision_tower(self) -> nn.Module:
+        return self.backbone
+
+    def _build_timm_tower(self) -> nn.Module:
+        return create_timm_model(self.config.backbone, self.config.backbone_kwargs, num_classes=0)
+
     def _init_weights(self, module):
-        # timm initialises its own backbone in its constructor (and pretrained weights are loaded after
-        # construction), so only the head is initialised here, with PyTorch's default Linear init.
-        if isinstance(module, AmlpfMLPHead):
-            for layer in module:
-                if isinstance(layer, nn.Linear):
-                    layer.reset_parameters()
+        # The head gets PyTorch's default Linear init (the reference code's); the backbone timm's own init
+        # (initialize_weights), never transformers' generic one.
+        if isinstance(module, nn.Linear) and any(module is layer for layer in self.head):
+            module.reset_parameters()
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> AmlpfImageClassifierOutput | tuple:
-        x, batch, views = flatten_views(pixel_values)
-        view_logits = self.head(self.backbone(x)).view(batch, views, -1)
-        logits = aggregate_view_logits(view_logits)
-        output = AmlpfImageClassifierOutput(
-            loss=_classification_loss(logits, labels), logits=logits, view_logits=view_logits
+        r"""
+        labels: class indices (B,) for single-label classification; (B, C) floats for
+            ``problem_type="multi_label_classification"``; floats for regression.
+        output_hidden_states: return the backbone's per-block outputs (defaults to ``config.output_hidden_states``;
+            a list of indices keeps only those).
+        output_attentions: accepted for the common interface; timm backbones expose no attention maps.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return output if return_dict is not False else output.to_tuple()
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        _warn_no_timm_attentions(output_attentions, self.backbone)
+        x, batch, views = flatten_views(pixel_values)
+        features = timm_features(self.backbone, x, output_hidden_states)
+        view_logits = self.head(features.pooler_output).view(batch, views, -1)
+        logits = aggregate_view_logits(view_logits)
+        hidden_states = features.hidden_states
+        if hidden_states is not None and pixel_values.dim() == 5:
+            hidden_states = _unflatten_views(features, batch, views).hidden_states
+        output = AmlpfImageClassifierOutput(
+            loss=self._loss(logits, labels), logits=logits, view_logits=view_logits, hidden_states=hidden_states
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
@@ -181,36 +386,49 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
     def __init__(self, config: AmlpfClipConfig):
         super().__init__(config)
         if config.vision_backend == "timm":
-            self.vision_model = create_timm_model(
-                config.timm_model_name, config.timm_model_kwargs, num_classes=config.projection_dim
-            )
+            self.vision_model = self._build_timm_tower()
+            self._timm_tower_built(self.vision_model)
         else:
             self.vision_model = CLIPVisionModelWithProjection._from_config(config.vision_config)
         self.text_model = CLIPTextModelWithProjection._from_config(config.text_config)
-        self.text_model.requires_grad_(False)
-        self.logit_scale = nn.Parameter(
-            torch.tensor(float(config.logit_scale_init_value)), requires_grad=bool(config.train_logit_scale)
-        )
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         num_levels = len(config.prompt_levels)
         self.fusion_weights = nn.Parameter(torch.full((num_levels,), self._fusion_init_value()))
         self.register_buffer(
             "prompt_embeds", torch.zeros(num_levels, config.num_labels, config.projection_dim), persistent=True
         )
-        self.post_init()
-        if config.prompt_input_ids is not None:
-            self.encode_prompts()
+        self._freeze()
+        self.post_init()  # encodes the prompts (_init_weights)
+
+    def _vision_tower(self) -> nn.Module:
+        return self.vision_model
+
+    def _build_timm_tower(self) -> nn.Module:
+        return create_timm_model(
+            self.config.timm_model_name, self.config.timm_model_kwargs, num_classes=self.config.projection_dim
+        )
 
     # ----------------------------------------------------------------------------------------- init / train
     def _fusion_init_value(self) -> float:
         return float(self.config.fusion_init) if self.config.fusion == "learned" else 0.0
 
     def _init_weights(self, module):
-        # Only this module's own tensors: the timm tower keeps timm's init, the CLIP towers get CLIP's
-        # (they are PreTrainedModels and are dispatched to their own _init_weights).
+        # Only this module's own tensors: the timm tower gets timm's init (initialize_weights), the CLIP towers
+        # CLIP's (they are PreTrainedModels and are dispatched to their own _init_weights). transformers' init
+        # functions leave tensors loaded from a checkpoint alone. Runs after the towers (children first), so the
+        # prompts are encoded by the initialised (or loaded) text tower.
         if module is self:
-            with torch.no_grad():
-                self.fusion_weights.fill_(self._fusion_init_value())
-                self.logit_scale.fill_(float(self.config.logit_scale_init_value))
+            init.constant_(self.fusion_weights, self._fusion_init_value())
+            init.constant_(self.logit_scale, float(self.config.logit_scale_init_value))
+            if not _is_loaded(self.prompt_embeds):
+                if self.config.prompt_input_ids:
+                    self.encode_prompts()
+                else:
+                    init.zeros_(self.prompt_embeds)
+
+    def _freeze(self) -> None:
+        self.text_model.requires_grad_(False)
+        self.logit_scale.requires_grad_(bool(self.config.train_logit_scale))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -218,18 +436,55 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
         return self
 
     # ----------------------------------------------------------------------------------------- features
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image embeddings before normalisation: (N, D) for 4-D input, (B, V, D) for 5-D."""
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """As transformers 5 ``CLIPModel.get_image_features``: ``pooler_output`` holds the projected image
+        embeddings before normalisation, (N, D) for 4-D input and (B, V, D) for 5-D input (every tensor of the
+        output then has the view axis). Extra keyword arguments go to a CLIP tower (timm towers take none)."""
         x, batch, views = flatten_views(pixel_values)
         if self.config.vision_backend == "timm":
-            feats = self.vision_model(x)
+            if kwargs:
+                raise TypeError(f"the timm image tower takes no {sorted(kwargs)}")
+            if output_hidden_states is None:
+                output_hidden_states = self.config.output_hidden_states
+            if output_attentions is None:
+                output_attentions = self.config.output_attentions
+            _warn_no_timm_attentions(output_attentions, self.vision_model)
+            output = timm_features(self.vision_model, x, output_hidden_states)
         else:
-            feats = self.vision_model(pixel_values=x).image_embeds
-        return feats if pixel_values.dim() == 4 else feats.view(batch, views, -1)
+            # unset flags stay unset, so that the CLIP tower falls back on its own config
+            flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+            flags = {key: value for key, value in flags.items() if value is not None}
+            tower = self.vision_model(pixel_values=x, return_dict=True, **flags, **kwargs)
+            output = BaseModelOutputWithPooling(
+                last_hidden_state=tower.last_hidden_state, pooler_output=tower.image_embeds,
+                hidden_states=tower.hidden_states, attentions=tower.attentions,
+            )
+        return output if pixel_values.dim() == 4 else _unflatten_views(output, batch, views)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Projected text embeddings before normalisation, as ``CLIPModel.get_text_features``."""
-        return self.text_model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """As transformers 5 ``CLIPModel.get_text_features``: ``pooler_output`` holds the projected text
+        embeddings before normalisation."""
+        text = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=text.last_hidden_state, pooler_output=text.text_embeds,
+            hidden_states=text.hidden_states, attentions=text.attentions,
+        )
 
     def effective_fusion_weights(self) -> torch.Tensor:
         """The weights w applied to the level logits."""
@@ -244,7 +499,7 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
         ids = self.config.prompt_input_ids
         if not ids:
             raise ValueError("the config has no prompt_input_ids: call set_prompts(prompts, tokenizer) first")
-        if self.logit_scale.device.type == "meta":  # from_pretrained builds on meta, then loads the buffer
+        if self.logit_scale.device.type == "meta":  # from_pretrained builds on meta; loading (re-)encodes
             return
         device = self.logit_scale.device
         pad_id = self.config.text_config.pad_token_id
@@ -265,7 +520,8 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
             for row, seq in enumerate(seqs):
                 input_ids[row, : len(seq)] = torch.as_tensor(seq, device=device)
                 mask[row, : len(seq)] = 1
-            levels.append(F.normalize(self.get_text_features(input_ids, mask).float(), dim=-1))
+            embeds = self.get_text_features(input_ids, mask, return_dict=True).pooler_output
+            levels.append(F.normalize(embeds.float(), dim=-1))
         self.text_model.train(was_training)
         self.prompt_embeds = torch.stack(levels).to(self.prompt_embeds.dtype)
 
@@ -296,9 +552,11 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
         input_ids = {}
         for level in levels:
             encoded = tokenizer(list(prompts[level]), truncation=True, max_length=max_len)["input_ids"]
-            too_long = [p for p, e in zip(prompts[level], encoded) if len(e) >= max_len]
-            if too_long:
-                logger.warning(f"{len(too_long)} {level!r} prompt(s) truncated to {max_len} tokens: {too_long[0]!r}")
+            too_long = [name for name, e in zip(class_names, encoded) if len(e) >= max_len]
+            if too_long:  # name the classes, not the (long) prompts themselves
+                logger.warning_once(
+                    f"the {level!r} prompt(s) of {too_long} exceed the text tower's {max_len} tokens and are truncated"
+                )
             input_ids[level] = [list(map(int, e)) for e in encoded]
         relayout = levels != list(self.config.prompt_levels) or len(class_names) != self.config.num_labels
         self.config.prompts = {level: list(prompts[level]) for level in levels}
@@ -316,22 +574,44 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> AmlpfClipOutput | tuple:
+        r"""
+        labels: class indices (B,) for single-label classification; (B, C) floats for
+            ``problem_type="multi_label_classification"``; floats for regression.
+        output_hidden_states / output_attentions: return the image tower's (default: the config's; a list of
+            indices keeps only those hidden states); timm towers have no attention maps (None).
+        """
         if not self.config.prompt_input_ids:
             raise ValueError("the student has no prompts: call set_prompts(prompts, tokenizer) first")
-        x, batch, views = flatten_views(pixel_values)
-        image_embeds = F.normalize(self.get_image_features(x), dim=-1)
-        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        _, batch, views = flatten_views(pixel_values)
+        features = self.get_image_features(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            return_dict=True,
+        )
+        image_embeds = F.normalize(features.pooler_output.reshape(batch * views, -1), dim=-1)
+        scale = self.logit_scale
+        if self.config.logit_scale_max is not None:  # the reference: no bound (None, the default)
+            scale = scale.clamp(max=self.config.logit_scale_max)
+        scale = scale.exp()
         prompt_embeds = self.prompt_embeds.to(image_embeds.dtype)
         level_logits = scale * torch.einsum("nd,lcd->nlc", image_embeds, prompt_embeds)  # (N, L, C)
         fused = torch.einsum("nlc,l->nc", level_logits, self.effective_fusion_weights().to(level_logits.dtype))
         view_logits = fused.view(batch, views, -1)
         logits = aggregate_view_logits(view_logits)
         output = AmlpfClipOutput(
-            loss=_classification_loss(logits, labels),
+            loss=self._loss(logits, labels),
             logits=logits,
             view_logits=view_logits,
             level_logits=aggregate_view_logits(level_logits.view(batch, views, *level_logits.shape[1:])),
+            hidden_states=features.hidden_states if output_hidden_states else None,
+            attentions=features.attentions if output_attentions else None,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if return_dict else output.to_tuple()

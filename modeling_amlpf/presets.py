@@ -27,7 +27,9 @@ TINY_CONTEXT = 77
 TINY_PROCESSOR = dict(min_short_side=128, crop_size=64, crop_stride=8, large_crop_stride=12, large_side_threshold=256)
 TINY_TEACHER = dict(
     backbone="vit_large_patch16_224",
-    backbone_kwargs=dict(img_size=64, patch_size=8, init_values=1e-5, dynamic_img_size=True, embed_dim=64, depth=3, num_heads=4),
+    backbone_kwargs=dict(
+        img_size=64, patch_size=8, init_values=1e-5, dynamic_img_size=True, embed_dim=64, depth=3, num_heads=4
+    ),
     head_hidden_sizes=[64, 32],
 )
 TINY_STUDENT_VISION = dict(

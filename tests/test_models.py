@@ -59,7 +59,8 @@ def test_teacher_head_is_the_papers_mlp():
     model = AmlpfTeacherForImageClassification(config)
     linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
     relus = [m for m in model.head if isinstance(m, torch.nn.ReLU)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(model.backbone.num_features, 512), (512, 256), (256, 4)]
+    expected = [(model.backbone.num_features, 512), (512, 256), (256, 4)]
+    assert [(m.in_features, m.out_features) for m in linears] == expected
     assert len(relus) == 2
 
 
@@ -143,7 +144,10 @@ def test_training_step_updates_image_tower_and_fusion_only(tiny_student):
         torch.testing.assert_close(v, text_before[k], rtol=0, atol=0)
     torch.testing.assert_close(model.prompt_embeds, prompts_before, rtol=0, atol=0)
     assert not torch.equal(model.fusion_weights.detach(), fusion_before)
-    changed = [k for k, v in model.vision_model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, vision_before[k])]
+    changed = [
+        k for k, v in model.vision_model.state_dict().items()
+        if v.dtype.is_floating_point and not torch.equal(v, vision_before[k])
+    ]
     assert any(k.startswith("head.proj") for k in changed) and any(k.startswith("stem") for k in changed)
 
 
@@ -170,7 +174,8 @@ def test_set_prompts_changes_classes_and_reencodes(tiny_student):
     assert model.fusion_weights.shape == (2,)
     out = model(pixel_values=_views(batch=1))
     assert out.logits.shape == (1, 2) and out.level_logits.shape == (1, 2, 2)
-    expected = F.normalize(model.get_text_features(torch.tensor([tokenizer("malignant")["input_ids"]])), dim=-1)
+    text = model.get_text_features(torch.tensor([tokenizer("malignant")["input_ids"]]))
+    expected = F.normalize(text.pooler_output, dim=-1)
     torch.testing.assert_close(model.prompt_embeds[0, 1], expected[0], atol=1e-5, rtol=1e-5)
 
 
@@ -189,9 +194,9 @@ def test_student_without_prompts_or_with_wrong_tokenizer_fails_clearly(tiny_stud
 def test_text_features_and_image_features_shapes(tiny_student):
     model, tokenizer = tiny_student
     ids = tokenizer(["an adenoma", "normal colon"], padding=True, return_tensors="pt")
-    assert model.get_text_features(**ids).shape == (2, 64)
-    assert model.get_image_features(_views()[:, 0]).shape == (2, 64)
-    assert model.get_image_features(_views()).shape == (2, 9, 64)
+    assert model.get_text_features(**ids).pooler_output.shape == (2, 64)
+    assert model.get_image_features(_views()[:, 0]).pooler_output.shape == (2, 64)
+    assert model.get_image_features(_views()).pooler_output.shape == (2, 9, 64)
 
 
 @pytest.mark.parametrize("which", ["teacher", "student"])
@@ -273,7 +278,8 @@ def test_pipeline_classifies_pil_images(tmp_path, tiny_student):
     model, tokenizer = tiny_student
     processor = AmlpfImageProcessor.from_pretrained(STUDENT_TINY)
     _save_checkpoint(model.eval(), processor, tmp_path, tokenizer)
-    classifier = pipeline("image-classification", model=str(tmp_path), image_processor=AutoImageProcessor.from_pretrained(tmp_path))
+    processor_loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    classifier = pipeline("image-classification", model=str(tmp_path), image_processor=processor_loaded)
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (140, 180, 3), dtype=np.uint8)) for _ in range(2)]
     results = classifier(images, top_k=4)
