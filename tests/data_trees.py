@@ -1,9 +1,9 @@
 """Builders of small look-alike trees of each dataset layout, for the data tests and the training tests.
 
-Every builder writes tiny images (16x16 by default) whose colour depends on the class, so that a model can
-learn them, and returns a `Tree` saying what was written: the `data_dir` to pass to `load_histo_dataset`,
-the class names in canonical order, and the label and group of every image keyed by the path the loader
-reports (relative to the data root). Everything is deterministic.
+Every builder writes tiny images (32x32 by default; the loader warns below 32 px) whose colour depends on the
+class, so that a model can learn them, and returns a `Tree` saying what was written: the `data_dir` to pass to
+`load_histo_dataset`, the class names in canonical order, and the label and group of every image keyed by the
+path the loader reports (relative to the data root). Everything is deterministic.
 
     from data_trees import make_imagefolder_tree
     tree = make_imagefolder_tree(tmp_path / "folder", {"tumour": 12, "normal": 6}, images_per_group=3)
@@ -69,7 +69,7 @@ def class_colour(label: int, num_classes: int) -> tuple[int, int, int]:
     return int(red * 255), int(green * 255), int(blue * 255)
 
 
-def write_image(path: Path | str, label: int = 0, num_classes: int = 1, size: int = 16) -> Path:
+def write_image(path: Path | str, label: int = 0, num_classes: int = 1, size: int = 32) -> Path:
     """Write a class-coloured RGB image with a little deterministic noise; format from the suffix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def make_imagefolder_tree(
     *,
     images_per_group: int = 3,
     write_groups_csv: bool = True,
-    size: int = 16,
+    size: int = 32,
     suffix: str = ".png",
 ) -> Tree:
     """`<root>/<class>/<group>_<n><suffix>` plus `groups.csv` (path,group) when `write_groups_csv`.
@@ -123,7 +123,7 @@ CHAOYANG_CLASSES = ["normal", "serrated", "adenocarcinoma", "adenoma"]
 CHAOYANG_SLIDES = ["535940", "537688_2", "538844-2", "540012", "541777_1", "542630-3", "543001", "544150-1"]
 
 
-def make_chaoyang_tree(root: Path | str, *, images_per_slide_and_class: int = 2, size: int = 16) -> Tree:
+def make_chaoyang_tree(root: Path | str, *, images_per_slide_and_class: int = 2, size: int = 32) -> Tree:
     """`chaoyang-data/` with train/, test/, train.json (with label_A/B/C votes) and test.json.
 
     Train uses every slide in `CHAOYANG_SLIDES` except the last; test uses the last five slides, so the
@@ -194,7 +194,7 @@ def make_breakhis_tree(
     patients_per_subtype: int = 3,
     images_per_magnification: int = 2,
     magnifications: tuple[str, ...] = ("40X", "100X", "200X", "400X"),
-    size: int = 16,
+    size: int = 32,
 ) -> Tree:
     """`BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/<patient>/<mag>/<file>.png`.
 
@@ -222,7 +222,7 @@ LUNG_FOLDERS = ["aca_bd", "aca_md", "aca_pd", "nor", "scc_bd", "scc_md", "scc_pd
 LUNG_THREE_CLASSES = ["adenocarcinoma", "squamous cell carcinoma", "normal"]
 
 
-def make_lunghist700_tree(root: Path | str, *, patients: int = 6, images_per_folder: int = 4, size: int = 16) -> Tree:
+def make_lunghist700_tree(root: Path | str, *, patients: int = 6, images_per_folder: int = 4, size: int = 32) -> Tree:
     """`LungHist700/data.csv` and `images/<folder>/<folder>_<res>_<id>.jpg`, 3-class labels in the tree.
 
     Image ids restart at 1 in every folder and resolution, so `image_id` alone repeats across classes (as in
@@ -297,7 +297,7 @@ def add_os_clutter(folder: Path | str, image_name: str = "x.png") -> list[Path]:
     return [folder / name for name in files]
 
 
-def write_mode_image(path: Path | str, mode: str, size: int = 16) -> np.ndarray:
+def write_mode_image(path: Path | str, mode: str, size: int = 32) -> np.ndarray:
     """Write an image in an awkward mode and return the 8-bit RGB pixels a faithful decoder must give.
 
     Modes: "CMYK" (JPEG), "RGBA" (PNG, left half fully transparent -> white), "L" (PNG) and "I;16" (PNG,

@@ -14,11 +14,13 @@ from data_trees import (
     make_breakhis_tree,
     make_chaoyang_tree,
     make_imagefolder_tree,
+    make_lunghist700_tree,
     write_mode_image,
     write_non_image,
     write_truncated_jpeg,
     write_zero_byte,
 )
+from PIL import Image
 
 from modeling_amlpf.data import BadImageError, DataLayoutError, export_split, load_histo_dataset, scan_report
 from modeling_amlpf.data import scan as scan_module
@@ -153,3 +155,68 @@ def test_chaoyang_label_file_problems_are_all_named(tmp_path):
     assert "000000-IMG999x999-1.JPG" in message
     assert "train.json entry 2: {'label': 1}" in message
     assert "../outside.JPG" in message
+
+
+# --- small data traps (issue 16.6) ---------------------------------------------------------------------------
+
+
+def test_stray_non_image_files_are_skipped_and_listed_once(tmp_path, caplog):
+    tree = make_imagefolder_tree(tmp_path / "f", write_groups_csv=False)
+    (tree.data_dir / "alpha" / "notes.txt").write_text("scanned on the old scanner\n")
+    (tree.data_dir / "beta" / "labels.csv").write_text("path,label\n")
+    (tree.data_dir / "gamma" / "sub").mkdir()
+    (tree.data_dir / "gamma" / "sub" / "cohort.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
+    stray = ["alpha/notes.txt", "beta/labels.csv", "gamma/sub/cohort.xlsx"]
+    with caplog.at_level(logging.WARNING, logger="modeling_amlpf.data"):
+        dd = load_histo_dataset("imagefolder", tree.data_dir)
+    assert caplog.messages == [
+        "Skipping 3 file(s) whose suffix is not an image format (they are listed in scan_report(dataset) and "
+        "split.json): alpha/notes.txt, beta/labels.csv, gamma/sub/cohort.xlsx"
+    ]
+    assert sorted(p for ds in dd.values() for p in ds["path"]) == sorted(tree.labels)
+    report = scan_report(dd)
+    assert report.non_image_files == stray and report.num_scanned == tree.num_images and not report.skipped
+    assert json.loads(open(export_split(dd, tmp_path / "split.json")).read())["skipped_non_images"] == stray
+
+
+def test_stray_files_in_lunghist700_and_breakhis_image_folders_are_skipped(tmp_path, caplog):
+    lung = make_lunghist700_tree(tmp_path)
+    (lung.data_dir / "images" / "nor" / "README.txt").write_text("normal tissue\n")
+    with caplog.at_level(logging.WARNING, logger="modeling_amlpf.data"):
+        dd = load_histo_dataset("lunghist700", lung.data_dir)
+    assert scan_report(dd).non_image_files == ["images/nor/README.txt"] and "images/nor/README.txt" in caplog.text
+    assert sum(map(len, dd.values())) == lung.num_images
+    breakhis = make_breakhis_tree(tmp_path / "b", patients_per_subtype=1, images_per_magnification=1)
+    magnification_dir = next(iter(breakhis.labels)).rsplit("/", 1)[0]
+    breast = breakhis.data_dir / "histology_slides" / "breast"
+    (breast / magnification_dir / "stain.xlsx").write_bytes(b"PK")
+    dd = load_histo_dataset("breakhis", breakhis.data_dir, val_fraction=0.0, test_fraction=0.5)
+    assert scan_report(dd).non_image_files == [f"{magnification_dir}/stain.xlsx"]
+
+
+def test_tiny_images_are_named_in_a_warning(tmp_path, caplog):
+    tree = make_imagefolder_tree(tmp_path / "f", write_groups_csv=False)
+    Image.new("RGB", (1, 40), (200, 30, 90)).save(tree.data_dir / "alpha" / "thin.png")
+    for attempt in ("scanned", "from the scan cache"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="modeling_amlpf.data"):
+            dd = load_histo_dataset("imagefolder", tree.data_dir)
+        assert caplog.messages == [
+            "1 image(s) have a side below 32 pixels (min_image_side) and carry little detail once upsized to the "
+            "model's views: alpha/thin.png (1x40)"
+        ], attempt
+        assert scan_report(dd).small_images == [("alpha/thin.png", "1x40")]
+        assert "alpha/thin.png" in {p for ds in dd.values() for p in ds["path"]}  # still used
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modeling_amlpf.data"):
+        dd = load_histo_dataset("imagefolder", tree.data_dir, min_image_side=0)
+    assert caplog.text == "" and scan_report(dd).small_images == []
+    dd = load_histo_dataset("imagefolder", tree.data_dir, min_image_side=33)
+    assert len(scan_report(dd).small_images) == tree.num_images + 1  # the tree's 32 px images count too
+
+
+def test_tiny_jpeg_size_is_the_stored_size_not_the_draft_size(tmp_path):
+    """The scan decodes JPEGs at 1/8 scale; the size it reports must be the file's own."""
+    tree = make_imagefolder_tree(tmp_path / "f", write_groups_csv=False, suffix=".jpg", size=80)
+    dd = load_histo_dataset("imagefolder", tree.data_dir, min_image_side=81)
+    assert {size for _, size in scan_report(dd).small_images} == {"80x80"}

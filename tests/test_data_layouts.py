@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import logging
 import os
+import unicodedata
 from collections import Counter
 
 import pytest
-from datasets import Image as ImageFeature
-from datasets import load_from_disk
 from data_trees import (
     BREAKHIS_CLASSES,
     CHAOYANG_CLASSES,
@@ -19,8 +21,18 @@ from data_trees import (
     make_imagefolder_tree,
     make_lunghist700_tree,
 )
+from datasets import Image as ImageFeature
+from datasets import load_from_disk
 
-from modeling_amlpf.data import DATASET_NAMES, DataLayoutError, load_histo_dataset, read_provenance
+from modeling_amlpf.data import (
+    DATASET_NAMES,
+    BadImageError,
+    DataLayoutError,
+    export_split,
+    load_histo_dataset,
+    read_provenance,
+    scan_report,
+)
 
 PARTS = ("train", "validation", "test")
 
@@ -86,7 +98,7 @@ def test_unknown_option_is_rejected_with_the_accepted_ones(tmp_path):
 
 def test_chaoyang_official_protocol(tmp_path):
     tree = make_chaoyang_tree(tmp_path)
-    dd = load_histo_dataset("chaoyang", tree.data_dir)
+    dd = load_histo_dataset("chaoyang", tree.data_dir, protocol="official")
     # Official test kept whole; validation carved slide-disjointly from official train; test shares slides.
     assert_matches_tree(dd, tree, group_disjoint=("train", "validation"))
     official = tree.extra["official_split"]
@@ -97,6 +109,7 @@ def test_chaoyang_official_protocol(tmp_path):
     # Slide ids keep their "_" and "-" parts.
     assert {"537688_2", "538844-2", "542630-3"} <= set(dd["train"]["group"]) | set(dd["validation"]["group"])
     assert dd["train"].features["label"].names == CHAOYANG_CLASSES
+    assert read_provenance(dd)["group_disjoint"] is False  # cards must never call this split group-disjoint
 
 
 def test_chaoyang_resplit_is_slide_disjoint(tmp_path):
@@ -115,7 +128,7 @@ def test_chaoyang_accepts_the_parent_folder(tmp_path):
 def test_chaoyang_test_fraction_conflicts_with_official_protocol(tmp_path):
     tree = make_chaoyang_tree(tmp_path)
     with pytest.raises(ValueError, match="resplit"):
-        load_histo_dataset("chaoyang", tree.data_dir, test_fraction=0.3)
+        load_histo_dataset("chaoyang", tree.data_dir, protocol="official", test_fraction=0.3)
 
 
 # --- BreaKHis -----------------------------------------------------------------------------------------------
@@ -292,3 +305,132 @@ def test_image_column_holds_absolute_paths_decoded_lazily_as_rgb(tmp_path):
     assert dd["train"][0]["image"].mode == "RGB"
     counts = Counter(label for ds in dd.values() for label in ds["label"])
     assert [counts[i] for i in range(3)] == [tree.class_counts()[n] for n in tree.class_names]
+
+
+# --- defaults and folder names (issues 11.6, 14.8) -----------------------------------------------------------
+
+
+def test_chaoyang_defaults_to_the_slide_disjoint_resplit(tmp_path):
+    tree = make_chaoyang_tree(tmp_path)
+    dd = load_histo_dataset("chaoyang", tree.data_dir, split_seed=3)
+    assert_matches_tree(dd, tree)  # no slide in two parts, although the official split shares slides
+    provenance = read_provenance(dd)
+    assert provenance["options"]["protocol"] == "resplit" and provenance["group_disjoint"] is True
+    assert "test_fraction" in provenance["options"]
+    assert json.loads(open(export_split(dd, tmp_path / "split.json")).read())["group_disjoint"] is True
+    official = load_histo_dataset("chaoyang", tree.data_dir, protocol="official")
+    assert json.loads(open(export_split(official, tmp_path / "official.json")).read())["group_disjoint"] is False
+    assert "NOT group-disjoint" in official["test"].info.description
+
+
+@pytest.mark.parametrize(
+    ("name", "builder"),
+    [("lunghist700", make_lunghist700_tree), ("breakhis", make_breakhis_tree), ("chaoyang", make_chaoyang_tree)],
+)
+def test_data_dir_environment_finds_the_folder_names_downloads_unpack_to(tmp_path, monkeypatch, name, builder):
+    tree = builder(tmp_path / "store")  # LungHist700/, BreaKHis_v1/, chaoyang-data/ as unpacked
+    assert tree.data_dir.parent == tmp_path / "store" and tree.data_dir.name != name
+    monkeypatch.setenv("AMLPF_DATA_DIR", str(tmp_path / "store"))
+    assert sum(len(ds) for ds in load_histo_dataset(name).values()) == tree.num_images
+
+
+def test_missing_default_folder_names_both_folder_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMLPF_DATA_DIR", str(tmp_path / "store"))
+    with pytest.raises(FileNotFoundError) as error:
+        load_histo_dataset("lunghist700")
+    store = tmp_path / "store"
+    assert str(error.value).startswith(
+        f"No lunghist700 data folder found: looked for {store / 'lunghist700'} and {store / 'LungHist700'} (the "
+        "default is $AMLPF_DATA_DIR/lunghist700, else ./data/lunghist700; the name the download unpacks to, "
+        "LungHist700, works too).\nExpected layout:\nLungHist700/\n"
+    )
+
+
+def test_lunghist700_row_without_image_names_the_expected_file(tmp_path, caplog):
+    tree = make_lunghist700_tree(tmp_path)
+    (tree.data_dir / "images" / "scc_md" / "scc_md_20x_1.jpg").unlink()
+    line = 2 + next(i for i, path in enumerate(tree.labels) if path.endswith("scc_md/scc_md_20x_1.jpg"))
+    with pytest.raises(BadImageError) as error:
+        load_histo_dataset("lunghist700", tree.data_dir)
+    assert str(error.value) == (
+        f"1 image file(s) named by the label file are missing under {tree.data_dir}:\n"
+        f"  - images/scc_md/scc_md_20x_1.jpg: data.csv line {line} (superclass=scc subclass=md resolution=20x "
+        "image_id=1) has no image file\n"
+        "Restore the missing files from the download (or delete their rows from the label file), or leave them out "
+        'with on_bad_image="skip" (command line: --on_bad_image skip); skipped files are listed in split.json.'
+    )
+    with caplog.at_level(logging.WARNING, logger="modeling_amlpf.data"):
+        dd = load_histo_dataset("lunghist700", tree.data_dir, on_bad_image="skip")
+    assert "Leaving out 1 image(s) named by the label file but missing" in caplog.text
+    kept = sorted(p for ds in dd.values() for p in ds["path"])
+    assert kept == sorted(p for p in tree.labels if not p.endswith("scc_md/scc_md_20x_1.jpg"))
+    report = scan_report(dd)
+    assert report.skipped and [path for path, _ in report.missing_files] == ["images/scc_md/scc_md_20x_1.jpg"]
+    saved = json.loads(open(export_split(dd, tmp_path / "split.json")).read())
+    assert saved["excluded_missing_files"] == ["images/scc_md/scc_md_20x_1.jpg"]
+    split_file = tmp_path / "split.json"
+    reloaded = load_histo_dataset("lunghist700", tree.data_dir, split_file=split_file, on_bad_image="skip")
+    assert {part: list(ds["path"]) for part, ds in reloaded.items()} == {p: list(ds["path"]) for p, ds in dd.items()}
+    # At another resolution the missing row is not used, so it blocks nothing.
+    assert sum(map(len, load_histo_dataset("lunghist700", tree.data_dir, resolution="40x").values())) > 0
+
+
+def test_chaoyang_entry_without_file_follows_on_bad_image(tmp_path):
+    tree = make_chaoyang_tree(tmp_path)
+    victim = sorted(tree.labels)[0]
+    (tree.data_dir / victim).unlink()
+    with pytest.raises(BadImageError, match=f"(?s){victim}: named by .*json entry \\d+, but the file does not exist"):
+        load_histo_dataset("chaoyang", tree.data_dir)
+    dd = load_histo_dataset("chaoyang", tree.data_dir, on_bad_image="skip")
+    assert sum(map(len, dd.values())) == tree.num_images - 1 and scan_report(dd).missing_files[0][0] == victim
+
+
+# --- Unicode class names (issue 16.4) ------------------------------------------------------------------------
+
+
+ACCENTED = "Adénocarcinome"  # NFC: é is U+00E9
+ACCENTED_NFD = unicodedata.normalize("NFD", ACCENTED)  # e + U+0301, as macOS names files
+
+
+def test_class_names_in_any_script_and_any_normalisation_work_end_to_end(tmp_path):
+    tree = make_imagefolder_tree(tmp_path / "f", {ACCENTED_NFD: 6, "正常": 6, "Норма": 6}, images_per_group=2)
+    assert (tree.data_dir / ACCENTED_NFD).is_dir() and not (tree.data_dir / ACCENTED).exists()
+    # The groups csv is typed in NFC, as most editors write it; the files on disk are NFD.
+    tree.groups_csv.write_text(unicodedata.normalize("NFC", tree.groups_csv.read_text()))
+    wanted = ["正常", ACCENTED, "Норма"]  # typed in NFC
+    dd = load_histo_dataset("imagefolder", tree.data_dir, class_names=wanted, groups_csv=tree.groups_csv)
+    nfc = functools.partial(unicodedata.normalize, "NFC")
+    expected = dataclasses.replace(
+        tree,
+        class_names=wanted,
+        labels={path: wanted.index(nfc(path.split("/")[0])) for path in tree.labels},  # paths as on disk
+        groups={path: nfc(group) for path, group in tree.groups.items()},  # groups as the csv spells them
+    )
+    assert_matches_tree(dd, expected)
+    # Default order: folder names sorted in NFC, whatever the file system stores.
+    assert load_histo_dataset("imagefolder", tree.data_dir)["test"].features["label"].names == sorted(wanted)
+    # The published split names the classes readably and reloads, also with paths typed in NFC.
+    path = export_split(dd, tmp_path / "split.json")
+    text = open(path, encoding="utf-8").read()
+    assert "正常" in text and "Норма" in text
+    composed = tmp_path / "composed.json"
+    composed.write_text(unicodedata.normalize("NFC", text), encoding="utf-8")
+    reloaded = load_histo_dataset("imagefolder", tree.data_dir, split_file=composed, groups_csv=tree.groups_csv)
+    assert {p: list(ds["path"]) for p, ds in reloaded.items()} == {p: list(ds["path"]) for p, ds in dd.items()}
+
+
+def test_names_differing_only_by_normalisation_are_named_as_such(tmp_path):
+    tree = make_imagefolder_tree(tmp_path / "f", {ACCENTED: 3, ACCENTED_NFD: 3, "normal": 3}, write_groups_csv=False)
+    with pytest.raises(DataLayoutError) as error:
+        load_histo_dataset("imagefolder", tree.data_dir)
+    assert (
+        "folders whose names differ only by Unicode normalisation (NFC); rename one (1):\n"
+        f"  - {ACCENTED!r} (NFC, U+00E9) and {ACCENTED_NFD!r} (NFD, U+0301)"
+    ) in str(error.value)
+    single = make_imagefolder_tree(tmp_path / "g", {ACCENTED: 3, "normal": 3}, write_groups_csv=False)
+    with pytest.raises(DataLayoutError) as error:
+        load_histo_dataset("imagefolder", single.data_dir, class_names=[ACCENTED, ACCENTED_NFD, "normal"])
+    assert (
+        f"repeated class names (1):\n  - {ACCENTED}: {ACCENTED!r} (NFC, U+00E9) and {ACCENTED_NFD!r} (NFD, U+0301) "
+        "differ only by Unicode normalisation (NFC)"
+    ) in str(error.value)

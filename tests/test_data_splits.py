@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -12,6 +15,8 @@ from data_trees import make_breakhis_tree, make_imagefolder_tree, make_lunghist7
 
 from modeling_amlpf.data import (
     DataLayoutError,
+    compare_with_training_split,
+    data_root_tag,
     export_split,
     export_split_txt,
     group_stratified_split,
@@ -253,3 +258,131 @@ def test_split_file_of_another_dataset_is_refused(tmp_path):
     with pytest.raises(DataLayoutError) as error:
         load_split_file(tmp_path / "broken.json")
     assert "part 'test' missing" in str(error.value) and "train[0]" in str(error.value)
+
+
+# --- provenance in split.json and the teacher check (issues 16.3, 16.6) ------------------------------------
+
+
+def independent_fingerprint(path):
+    """File size and the first 16 hex digits of the sha1 of its first 64 KiB, computed here from the bytes."""
+    data = open(path, "rb").read()
+    return f"{len(data)}:{hashlib.sha1(data[: 64 * 1024]).hexdigest()[:16]}"
+
+
+def test_split_json_records_data_root_fingerprints_and_part_digests(tmp_path):
+    tree = make_imagefolder_tree(tmp_path / "f")
+    dd = load_histo_dataset("imagefolder", tree.data_dir, groups_csv=tree.groups_csv)
+    saved = json.loads(open(export_split(dd, tmp_path / "split.json")).read())
+    assert saved["data_root"] == str(tree.data_dir) and saved["group_disjoint"] is True
+    assert saved["fingerprints"] == {path: independent_fingerprint(tree.data_dir / path) for path in tree.labels}
+    for part in PARTS:
+        assert saved["part_digests"][part]["count"] == len(dd[part])
+    # An image-level split (no groups known) is never called group-disjoint.
+    image_level = load_histo_dataset("imagefolder", tree.data_dir)
+    assert read_provenance(image_level)["group_disjoint"] is False
+
+
+def test_teacher_split_of_the_same_data_and_split_is_compatible(tmp_path):
+    tree = make_imagefolder_tree(tmp_path / "f")
+    dd = load_histo_dataset("imagefolder", tree.data_dir, groups_csv=tree.groups_csv, split_seed=2)
+    teacher_split = export_split(dd, tmp_path / "teacher" / "split.json")
+    check = compare_with_training_split(teacher_split, dd)
+    assert check.ok and check.status == "compatible" and check.by_content and not check.leaked
+    assert check.shared_images == tree.num_images
+    check.raise_if_incompatible()
+    # A copy of the same data elsewhere (another machine) is the same data, matched by content.
+    shutil.copytree(tree.data_dir, tmp_path / "copy")
+    copy = load_histo_dataset("imagefolder", tmp_path / "copy", groups_csv="groups.csv", split_seed=2)
+    check = compare_with_training_split(teacher_split, copy)
+    assert check.ok and check.teacher_root == str(tree.data_dir) and check.data_root == str(tmp_path / "copy")
+    assert f"the teacher's copy of the data was at {tree.data_dir}" in check.message
+
+
+def test_teacher_trained_on_this_runs_test_images_is_a_leak(tmp_path):
+    tree = make_imagefolder_tree(tmp_path / "f", {"a": 12, "b": 12}, images_per_group=2)
+    teacher = load_histo_dataset("imagefolder", tree.data_dir, groups_csv=tree.groups_csv, split_seed=1)
+    teacher_split = export_split(teacher, tmp_path / "teacher" / "split.json")
+    # Half of the images in test: some must be among the teacher's train/validation 80%, whatever the seeds.
+    student = load_histo_dataset("imagefolder", tree.data_dir, groups_csv=tree.groups_csv, test_fraction=0.5)
+    check = compare_with_training_split(teacher_split, student)
+    seen = set(teacher["train"]["path"]) | set(teacher["validation"]["path"])
+    expected = sorted(set(student["test"]["path"]) & seen)
+    assert check.status == "leak" and sorted(path for path, _ in check.leaked) == expected and expected
+    with pytest.raises(DataLayoutError) as error:
+        check.raise_if_incompatible()
+    examples = ", ".join(path for path, _ in check.leaked[:3])
+    assert str(error.value) == (
+        f"The teacher in {tmp_path / 'teacher'} was trained on {len(expected)} image(s) of this run's test split "
+        f"(compared by content; in its train/validation parts), e.g. {examples}: train the teacher with the same "
+        f"--dataset options and --split_seed, or give this run the teacher's split with --split_file {teacher_split}."
+    )
+
+
+def test_teacher_of_another_cohort_with_the_same_file_names_is_other_data_not_a_leak(tmp_path):
+    counts = {"a": 12, "b": 12}
+    cohort_a = make_imagefolder_tree(tmp_path / "hospital_a" / "images", counts, images_per_group=2, size=33)
+    cohort_b = make_imagefolder_tree(tmp_path / "hospital_b" / "images", counts, images_per_group=2, size=34)
+    assert set(cohort_a.labels) == set(cohort_b.labels)  # every file name coincides
+    teacher = load_histo_dataset("imagefolder", cohort_a.data_dir, groups_csv="groups.csv", split_seed=1)
+    teacher_split = export_split(teacher, tmp_path / "teacher" / "split.json")
+    student = load_histo_dataset("imagefolder", cohort_b.data_dir, groups_csv="groups.csv", split_seed=2)
+    check = compare_with_training_split(teacher_split, student)
+    assert check.status == "other_data" and check.leaked == [] and check.shared_images == 0
+    assert check.message == (
+        f"The teacher in {tmp_path / 'teacher'} was trained on other data: none of the 24 images in its split "
+        f"file {teacher_split} is among this run's 24 images (compared by content); the teacher's data root "
+        f"{cohort_a.data_dir}; this run's {cohort_b.data_dir}. Train a teacher on this data first (train_teacher.py "
+        "with the same --dataset, --data_dir and split options), or pass --teacher_model with the teacher trained "
+        "on it."
+    )
+    with pytest.raises(DataLayoutError, match="trained on other data"):
+        check.raise_if_incompatible()
+
+
+def test_teacher_split_without_fingerprints_is_compared_by_path(tmp_path):
+    tree = make_imagefolder_tree(tmp_path / "f", {"a": 12, "b": 12}, images_per_group=2)
+    teacher = load_histo_dataset("imagefolder", tree.data_dir, groups_csv=tree.groups_csv, split_seed=1)
+    old = json.loads(open(export_split(teacher, tmp_path / "split.json")).read())
+    for key in ("fingerprints", "data_root", "part_digests"):
+        del old[key]  # as written by earlier versions
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    student = load_histo_dataset("imagefolder", tree.data_dir, groups_csv=tree.groups_csv, test_fraction=0.5)
+    check = compare_with_training_split(tmp_path / "old.json", student)
+    assert check.status == "leak" and not check.by_content and "compared by path" in check.message
+    assert compare_with_training_split(tmp_path / "old.json", teacher).ok
+
+
+def test_data_root_tag_is_stable_per_folder_and_differs_between_folders(tmp_path):
+    (tmp_path / "a" / "cohort").mkdir(parents=True)
+    (tmp_path / "b" / "cohort").mkdir(parents=True)
+    os.symlink(tmp_path / "a" / "cohort", tmp_path / "link")
+    tag = data_root_tag(tmp_path / "a" / "cohort")
+    digest = hashlib.sha1(str((tmp_path / "a" / "cohort").resolve()).encode()).hexdigest()[:8]
+    assert tag == f"cohort-{digest}"
+    assert data_root_tag(str(tmp_path / "a" / "cohort") + "/") == tag == data_root_tag(tmp_path / "link")
+    assert data_root_tag(tmp_path / "b" / "cohort") != tag
+    assert data_root_tag(tmp_path / "my data: 2024").startswith("my_data_2024-")
+    assert data_root_tag(tmp_path / "Норма")[: len("Норма")] == "Норма"
+
+
+def test_edited_split_file_warns_which_parts_changed(tmp_path, caplog):
+    tree = make_imagefolder_tree(tmp_path / "f", write_groups_csv=False)
+    dd = load_histo_dataset("imagefolder", tree.data_dir, split_seed=3)
+    path = export_split(dd, tmp_path / "split.json")
+    with caplog.at_level(logging.WARNING, logger="modeling_amlpf.data"):
+        load_histo_dataset("imagefolder", tree.data_dir, split_file=path)
+    assert "differs from the split" not in caplog.text  # reloading as written: no warning
+    saved = json.loads(open(path).read())
+    saved["parts"]["train"].append(saved["parts"]["test"].pop())  # move one entry from test to train
+    (tmp_path / "edited.json").write_text(json.dumps(saved, indent=1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modeling_amlpf.data"):
+        edited = load_histo_dataset("imagefolder", tree.data_dir, split_file=tmp_path / "edited.json")
+    before = {part: len(dd[part]) for part in PARTS}
+    assert (
+        f"The split file {tmp_path / 'edited.json'} differs from the split it was written as (parts changed since "
+        f"export: train: {before['train']} -> {before['train'] + 1} entries (+1); test: {before['test']} -> "
+        f"{before['test'] - 1} entries (-1)); it is used as it is now."
+    ) in caplog.text
+    assert len(edited["test"]) == before["test"] - 1
+    assert read_provenance(edited)["split_source"] == "split_file (edited after export: train, test)"

@@ -5,17 +5,26 @@
 
 Readers for Chaoyang, BreaKHis v1, LungHist700, a generic folder per class, and SYNTHETIC demo data
 generated locally (`"demo"`, not real histology). The `image` column holds file paths decoded lazily to
-RGB; splits never put a patient/slide in two parts; unreadable files raise one `BadImageError` naming all
-of them (or are skipped with `on_bad_image="skip"` and listed by `scan_report`). `export_split` publishes
-the split used; `split_file=` reloads it exactly.
+RGB; splits never put a patient/slide in two parts (except Chaoyang's `protocol="official"`, recorded as
+`group_disjoint: False`); unreadable or missing files raise one `BadImageError` naming all of them (or are
+skipped with `on_bad_image="skip"` and listed by `scan_report`). `export_split` publishes the split used,
+with the data root and a content fingerprint of every image; `split_file=` reloads it exactly, and
+`compare_with_training_split` checks a teacher's split against this run's data.
 """
 
 from .demo import DEMO_CLASS_NAMES, ensure_demo_data
-from .errors import BadImageError, DataLayoutError
-from .loader import DATASET_NAMES, load_histo_dataset
-from .provenance import read_provenance, scan_report
-from .scan import ScanReport
-from .split_files import export_split, export_split_txt, load_split_file
+from .index import BadImageError, DataLayoutError
+from .loader import DATASET_NAMES, data_root_tag, default_data_dir, load_histo_dataset
+from .scan import ScanReport, content_fingerprint
+from .split_files import (
+    TrainingSplitCheck,
+    compare_with_training_split,
+    export_split,
+    export_split_txt,
+    load_split_file,
+    read_provenance,
+    scan_report,
+)
 from .splits import group_stratified_split
 
 __all__ = [
@@ -24,6 +33,11 @@ __all__ = [
     "BadImageError",
     "DataLayoutError",
     "ScanReport",
+    "TrainingSplitCheck",
+    "compare_with_training_split",
+    "content_fingerprint",
+    "data_root_tag",
+    "default_data_dir",
     "ensure_demo_data",
     "export_split",
     "export_split_txt",

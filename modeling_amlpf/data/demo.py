@@ -25,7 +25,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from .paths import cache_dir
+from .scan import cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,145 @@
-"""The in-memory index every layout reader produces: paths, labels and groups, never pixels."""
+"""What every layout reader shares: the in-memory `ImageIndex` it produces (paths, labels, groups, never
+pixels), the directory listing that feeds it, and the errors raised when files do not match the layout.
+
+Listing skips operating-system clutter silently (`.DS_Store`, `Thumbs.db`, `desktop.ini`, AppleDouble `._x`,
+`__MACOSX/`, other hidden entries): it is not data. Relative paths use "/" on every platform so that split
+files are portable. Names are compared after Unicode NFC normalisation (`nfc`): macOS writes file names
+decomposed (NFD), other systems and most editors composed, and both must mean the same class or file.
+
+Every error collects *all* offending entries before raising, so a user fixes a download in one pass
+instead of one file per run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import os
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 
 from datasets import ClassLabel, Value
 
-from .listing import join_relative
+# Formats a histology tile comes in that Pillow decodes; other suffixes (notes.txt, .csv, .xlsx, .svs) are
+# not tiles and are skipped with one warning. Compared case-insensitively.
+IMAGE_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm", ".pnm",
+)  # fmt: skip
+_OS_METADATA_NAMES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------------------
+
+
+class DataLayoutError(ValueError):
+    """The data directory, a label file or a split file does not have the expected layout or content."""
+
+
+class BadImageError(DataLayoutError):
+    """Some image files are missing or cannot be decoded; `bad_images` holds `(relative path, reason)` pairs."""
+
+    def __init__(self, message: str, bad_images: list[tuple[str, str]]):
+        super().__init__(message)
+        self.bad_images = bad_images
+
+
+def bullet_list(entries: Iterable[object], indent: str = "  ") -> str:
+    """One `- entry` line per entry, for error messages that name every offending entry."""
+    return "\n".join(f"{indent}- {entry}" for entry in entries)
+
+
+def raise_if_problems(problems: dict[str, list[str]], context: str, hint: str = "") -> None:
+    """Raise one `DataLayoutError` naming every entry of every non-empty problem category."""
+    sections = [f"{title} ({len(entries)}):\n{bullet_list(entries)}" for title, entries in problems.items() if entries]
+    if not sections:
+        return
+    message = f"{context}\n" + "\n".join(sections)
+    if hint:
+        message += f"\n{hint}"
+    raise DataLayoutError(message)
+
+
+def shown(entries: Sequence[str], limit: int = 20) -> str:
+    """The first `limit` entries joined for a log line, with "..." when there are more."""
+    return ", ".join(entries[:limit]) + (" ..." if len(entries) > limit else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Names and listing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def nfc(text: str) -> str:
+    """Unicode NFC form: the one spelling under which folder names, CSV values and split entries are matched."""
+    return unicodedata.normalize("NFC", text)
+
+
+def same_after_nfc(names: Iterable[str]) -> list[list[str]]:
+    """Groups (of two or more) of distinct names that become equal after NFC normalisation."""
+    spellings: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        spellings.setdefault(nfc(name), []).append(name)
+    return [found for found in spellings.values() if len(found) > 1]
+
+
+def describe_spellings(names: Sequence[str]) -> str:
+    """`'é' (NFC, U+00E9) and 'é' (NFD, U+0065 U+0301)`: what tells apart names that look the same."""
+
+    def form(name: str) -> str:
+        kinds = [kind for kind in ("NFC", "NFD") if unicodedata.is_normalized(kind, name)]
+        codes = " ".join(f"U+{ord(character):04X}" for character in name if ord(character) > 127)
+        return f"{name!r} ({kinds[0] if kinds else 'mixed'}, {codes})"
+
+    return " and ".join(form(name) for name in names)
+
+
+def is_image_name(name: str) -> bool:
+    """True when the file suffix is an image format the readers decode (see `IMAGE_SUFFIXES`)."""
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def is_os_metadata(name: str) -> bool:
+    """True for OS clutter and hidden entries, which readers skip without a word."""
+    return name.startswith(".") or name.lower() in _OS_METADATA_NAMES
+
+
+def list_dir(path: str) -> tuple[list[str], list[str]]:
+    """Sorted (sub-folder names, file names) of `path`, clutter removed."""
+    folders, files = [], []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if is_os_metadata(entry.name):
+                continue
+            (folders if entry.is_dir() else files).append(entry.name)
+    return sorted(folders, key=nfc), sorted(files, key=nfc)
+
+
+def walk_files(top: str, prefix: str = "") -> Iterator[str]:
+    """Relative paths ("/"-joined, starting with `prefix`) of all files below `top`, in sorted order."""
+    folders, files = list_dir(top)
+    for name in files:
+        yield f"{prefix}{name}"
+    for name in folders:
+        yield from walk_files(os.path.join(top, name), f"{prefix}{name}/")
+
+
+def split_image_files(paths: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(image files, other files) by suffix: a stray `notes.txt` is not a tile and must not stop a run."""
+    images, others = [], []
+    for path in paths:
+        (images if is_image_name(path) else others).append(path)
+    return images, others
+
+
+def join_relative(root: str, relative_path: str) -> str:
+    """Absolute path of a "/"-separated path relative to `root`."""
+    return os.path.join(root, *relative_path.split("/"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The index
+# ----------------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -16,7 +148,7 @@ class ImageIndex:
 
     Attributes:
         root: absolute data root; `paths` are relative to it ("/"-separated).
-        class_names: canonical class names in canonical label order.
+        class_names: canonical class names in canonical label order (NFC).
         paths, labels, groups: one entry per image. `groups` holds the patient/slide id that splits must
             keep together.
         group_kind: what a group is ("slide", "patient", "image"), for log lines and docs.
@@ -24,6 +156,9 @@ class ImageIndex:
         metadata_features: the `datasets` feature of each metadata column (default `Value("string")`).
         predefined_test: for layouts with an official test set, True where the image belongs to it.
         summary: one human-readable line about the dataset, used in the DatasetInfo description.
+        missing: (expected relative path, reason) of images a label file names but that do not exist; the
+            loader raises on them or, with `on_bad_image="skip"`, leaves them out and reports them.
+        non_images: relative paths of files skipped because their suffix is not an image format.
     """
 
     root: str
@@ -36,6 +171,8 @@ class ImageIndex:
     metadata_features: dict[str, Value | ClassLabel] = dataclasses.field(default_factory=dict)
     predefined_test: list[bool] | None = None
     summary: str = ""
+    missing: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    non_images: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         lengths = {len(self.paths), len(self.labels), len(self.groups), *(len(v) for v in self.metadata.values())}

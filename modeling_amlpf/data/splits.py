@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DataLayoutError
+from .index import DataLayoutError
 
 logger = logging.getLogger(__name__)
 
@@ -123,4 +123,6 @@ def warn_missing_classes(parts: dict[str, Sequence[int]], labels: Sequence[int],
         present = {labels[i] for i in positions}
         missing = [name for label, name in enumerate(class_names) if label not in present]
         if missing:
-            logger.warning("Split part %r has no image of the class(es) %s (too few groups).", part, ", ".join(missing))
+            logger.warning(
+                "Split part %r has no image of the class(es) %s (too few groups).", part, ", ".join(missing)
+            )

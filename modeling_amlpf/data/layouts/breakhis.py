@@ -15,9 +15,7 @@ import re
 
 from datasets import ClassLabel, Value
 
-from ..errors import DataLayoutError, raise_if_problems
-from ..index import ImageIndex
-from ..listing import list_dir
+from ..index import DataLayoutError, ImageIndex, list_dir, raise_if_problems, shown, split_image_files
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +34,7 @@ SUBTYPE_CLASS_NAMES = [folder.replace("_", " ") for folder, _, _ in SUBTYPES]
 BINARY_CLASS_NAMES = ["benign", "malignant"]
 MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
 TASKS = ("8class", "binary")
+FOLDER_NAME = "BreaKHis_v1"  # the name the download unpacks to
 EXPECTED_LAYOUT = """BreaKHis_v1/histology_slides/breast/
   {benign,malignant}/SOB/<subtype>/<patient folder>/<mag>/<file>.png
   subtype: adenosis fibroadenoma phyllodes_tumor tubular_adenoma | ductal_carcinoma lobular_carcinoma
@@ -84,10 +83,13 @@ def patient_root(folder: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _walk_tree(root: str, magnification: str | None, problems: dict[str, list[str]], stray: list[str]):
+def _walk_tree(
+    root: str, magnification: str | None, problems: dict[str, list[str]], stray: list[str], non_images: list[str]
+):
     """Yield (relative path, subtype folder, superclass, patient folder, magnification) per image file.
 
-    Layout problems are appended to `problems`; entries that are not inside a magnification folder to `stray`.
+    Layout problems are appended to `problems`; entries that are not inside a magnification folder to `stray`;
+    files in magnification folders whose suffix is not an image format to `non_images`.
     """
     for superclass in BINARY_CLASS_NAMES:
         superclass_dir = os.path.join(root, superclass)
@@ -118,8 +120,10 @@ def _walk_tree(root: str, magnification: str | None, problems: dict[str, list[st
                         continue
                     if magnification is not None and mag != magnification:
                         continue
-                    sub_folders, image_files = list_dir(os.path.join(subtype_parent, subtype, patient, mag))
+                    sub_folders, files = list_dir(os.path.join(subtype_parent, subtype, patient, mag))
                     stray += [f"{patient_rel}/{mag}/{name}/" for name in sub_folders]
+                    image_files, others = split_image_files(files)
+                    non_images += [f"{patient_rel}/{mag}/{name}" for name in others]
                     for name in image_files:
                         yield f"{patient_rel}/{mag}/{name}", subtype, superclass, patient, mag
 
@@ -137,9 +141,10 @@ def read_breakhis(data_dir: str, task: str = "8class", magnification: str | int 
         "unknown magnification folders": [],
     }
     stray: list[str] = []
+    non_images: list[str] = []
     names = ("path", "label", "group", "magnification", "subtype", "superclass", "binary_label", "patient_id")
     columns: dict[str, list] = {name: [] for name in names}
-    for path, subtype, superclass, patient, mag in _walk_tree(root, wanted_magnification, problems, stray):
+    for path, subtype, superclass, patient, mag in _walk_tree(root, wanted_magnification, problems, stray, non_images):
         subtype_label = _SUBTYPE_INFO[subtype][0]
         binary_label = BINARY_CLASS_NAMES.index(superclass)
         row = (
@@ -157,8 +162,7 @@ def read_breakhis(data_dir: str, task: str = "8class", magnification: str | int 
     context = f"The BreaKHis tree at {root} does not match the expected layout."
     raise_if_problems(problems, context, f"Expected layout:\n{EXPECTED_LAYOUT}")
     if stray:
-        shown = ", ".join(stray[:20]) + (" ..." if len(stray) > 20 else "")
-        logger.warning("BreaKHis: %d entries outside magnification folders are not used: %s", len(stray), shown)
+        logger.warning("BreaKHis: %d entries outside magnification folders are not used: %s", len(stray), shown(stray))
     if not columns["path"]:
         where = f" at magnification {wanted_magnification}" if wanted_magnification else ""
         raise DataLayoutError(f"No BreaKHis images found under {root}{where}.\nExpected layout:\n{EXPECTED_LAYOUT}")
@@ -179,4 +183,5 @@ def read_breakhis(data_dir: str, task: str = "8class", magnification: str | int 
         },
         summary=f"BreaKHis v1 breast histology, task {task!r}, magnification {wanted_magnification or 'all'}, "
         "groups = patients by numeric slide-id root",
+        non_images=non_images,
     )
