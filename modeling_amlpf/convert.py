@@ -1,7 +1,8 @@
 """Convert an open_clip / OpenAI ResNet CLIP checkpoint into an AMLPF-CLIP student checkpoint.
 
     python -m modeling_amlpf.convert open_clip --checkpoint RN50.pt --model RN50 --output_dir students/rn50 \
-        [--prompts chaoyang] [--class_names a,b,c] [--quick_gelu] [--image_stats imagenet|clip]
+        [--prompts chaoyang] [--class_names a,b,c] [--quick_gelu] [--image_stats imagenet|clip] \
+        [--overwrite_output_dir]
 
 The checkpoint may be OpenAI's TorchScript archive (``RN50.pt``), an open_clip state dict or training checkpoint
 (``.bin``/``.pt``/``.pth``, read with ``weights_only=True``) or a ``.safetensors`` file. The architecture comes
@@ -18,7 +19,8 @@ Without ``--prompts``/``--class_names`` the checkpoint gets template prompts for
 ``class_0, class_1``: replace them with ``set_prompts`` (the training CLI does it from the dataset's classes).
 The image processor keeps the paper's views with the model's input size as crop size (224 for RN50, 288 for
 RN50x4, ...) and the paper's ImageNet mean/std unless ``--image_stats clip`` is given. ``conversion.json`` records
-the source file name, model name, activation and statistics.
+the source file name, model name, activation and statistics. A non-empty ``--output_dir`` is refused unless
+``--overwrite_output_dir`` is given.
 """
 
 from __future__ import annotations
@@ -292,11 +294,20 @@ def resolve_classes_and_prompts(
         return spec["class_names"], spec["prompts"]
     if class_names:
         return list(class_names), template_prompts(class_names)
-    logger.warning(
-        f"no --prompts/--class_names: writing template prompts for placeholder classes {PLACEHOLDER_CLASS_NAMES}; "
-        "replace them with set_prompts (the training CLI does it from the dataset's classes)"
-    )
     return list(PLACEHOLDER_CLASS_NAMES), template_prompts(PLACEHOLDER_CLASS_NAMES)
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse to write a checkpoint over a non-empty folder unless asked to (``--overwrite_output_dir``)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output_dir {output_dir} is a file; pass a folder for the converted checkpoint")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"--output_dir {output_dir} is not empty ({len(list(output_dir.iterdir()))} entries): pass an empty or "
+            "new folder, or --overwrite_output_dir to write the converted checkpoint over it"
+        )
+    return output_dir
 
 
 def convert_open_clip_checkpoint(
@@ -308,17 +319,23 @@ def convert_open_clip_checkpoint(
     prompts: str | None = None,
     quick_gelu: bool = False,
     image_stats: str = "imagenet",
+    overwrite_output_dir: bool = False,
 ) -> Path:
     """Convert ``checkpoint`` and write a student checkpoint directory (model, tokenizer, image processor)."""
     if image_stats not in IMAGE_STATS:
         raise ValueError(f"image_stats must be one of {sorted(IMAGE_STATS)}, got {image_stats!r}")
+    output_dir = check_output_dir(output_dir, overwrite_output_dir)
     state_dict, is_openai_archive = read_clip_checkpoint(checkpoint)
     config = open_clip_model_config(model_name)
     quick_gelu = uses_quick_gelu(model_name, is_openai_archive=is_openai_archive, quick_gelu=quick_gelu)
     names, level_prompts = resolve_classes_and_prompts(class_names, prompts)
     model, tokenizer = student_from_open_clip(state_dict, model_name, names, level_prompts, quick_gelu=quick_gelu)
+    if not prompts and not class_names:  # said once the checkpoint has converted, not before it is checked
+        logger.warning(
+            f"no --prompts/--class_names: wrote template prompts for placeholder classes {PLACEHOLDER_CLASS_NAMES}; "
+            "replace them with set_prompts (the training CLI does it from the dataset's classes)"
+        )
 
-    output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     mean, std = IMAGE_STATS[image_stats]
@@ -338,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="source", required=True)
     oc = sub.add_parser("open_clip", help="open_clip / OpenAI ResNet CLIP (RN50, RN101, RN50x4/x16/x64)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    oc.add_argument("--checkpoint", required=True, help="OpenAI TorchScript .pt, open_clip .bin/.pt/.pth or .safetensors")
+    oc.add_argument("--checkpoint", required=True,
+                    help="OpenAI TorchScript .pt, open_clip .bin/.pt/.pth or .safetensors")
     oc.add_argument("--model", required=True, help="open_clip model name, e.g. RN50 or RN50-quickgelu")
     oc.add_argument("--output_dir", required=True)
     oc.add_argument("--class_names", default=None, help="comma-separated class names, in label order")
@@ -347,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="QuickGELU text tower (OpenAI weights saved as a plain state dict)")
     oc.add_argument("--image_stats", choices=sorted(IMAGE_STATS), default="imagenet",
                     help="normalisation of the image processor (the paper: imagenet)")
+    oc.add_argument("--overwrite_output_dir", action="store_true",
+                    help="write into a non-empty --output_dir (refused otherwise)")
     return parser
 
 
@@ -355,7 +375,7 @@ def main(argv=None) -> Path:
     class_names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
     out = convert_open_clip_checkpoint(
         args.checkpoint, args.model, args.output_dir, class_names=class_names, prompts=args.prompts,
-        quick_gelu=args.quick_gelu, image_stats=args.image_stats,
+        quick_gelu=args.quick_gelu, image_stats=args.image_stats, overwrite_output_dir=args.overwrite_output_dir,
     )
     print(f"wrote {out}")
     return out

@@ -10,7 +10,8 @@ in ``__init__``: they are copied in here, after construction, and then travel wi
 - :func:`load_student`: what the training CLI calls for ``--student_model``: a saved student, a CLIP
   checkpoint or a config-only preset.
 
-Hub failures (gated repository, missing login, offline) end in :class:`HubAccessError`, which says what to do.
+Hub failures (gated repository, missing login, offline) end in :class:`HubAccessError`: huggingface_hub's own
+error with a one-line hint. Whether a string names a local path or a Hub id is decided by :func:`is_local_path`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
-import re
-import urllib.error
+import zipfile
 from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel
 from transformers.utils import logging
 
@@ -36,11 +44,36 @@ logger = logging.get_logger(__name__)
 STATE_DICT_SUFFIXES = (".bin", ".pth", ".pt")
 WEIGHT_SUFFIXES = STATE_DICT_SUFFIXES + (".safetensors",)
 # Files that hold a checkpoint's weights, in the order they are looked for in a directory.
-WEIGHT_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILE_NAMES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
 WRAPPER_KEYS = ("state_dict", "model")
 STRIPPED_PREFIXES = ("module.", "backbone.")
 UNI_REPO_PAGE = "https://huggingface.co/MahmoodLab/UNI"
-_HUB_REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+HUB_PREFIX = "hf-hub:"
+LOGIN = "`hf auth login` (huggingface_hub < 1.0: `huggingface-cli login`) or HF_TOKEN"
+
+
+def is_local_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a local file or folder rather than a Hub repository id: the one place this is decided.
+
+    Local: anything that exists on disk, ``org/name`` whose ``org`` is an existing folder (a missing checkpoint
+    inside it, e.g. ``outputs/teacher``), and anything that cannot be a Hub id (``./x``, ``/x``, ``~/x``,
+    ``a/b/c``, ``C:\\x``, a bare name such as ``teacher``). A Hub id: ``hf-hub:org/name``, or any other
+    ``org/name`` (as ``from_pretrained`` decides: an existing folder wins over a Hub id of the same spelling).
+    """
+    text = os.fspath(path)
+    if text.startswith(HUB_PREFIX):
+        return False
+    if os.path.exists(os.path.expanduser(text)):
+        return True
+    if text.count("/") != 1 or os.path.isdir(text.split("/")[0]):
+        return True
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return True
+    return False
 
 
 class HubAccessError(OSError):
@@ -48,15 +81,6 @@ class HubAccessError(OSError):
 
 
 # ----------------------------------------------------------------------------------------------------- hub errors
-def _network_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [ConnectionError, TimeoutError, urllib.error.URLError]
-    for module_name in ("httpx2", "httpx", "requests"):
-        with contextlib.suppress(ImportError):
-            module = __import__(module_name)
-            types.append(module.ConnectionError if module_name == "requests" else module.TransportError)
-    return tuple(types)
-
-
 def _error_chain(err: BaseException):
     seen = set()
     while err is not None and id(err) not in seen:
@@ -65,56 +89,30 @@ def _error_chain(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
-def _classify_hub_error(err: BaseException) -> tuple[str, BaseException] | None:
-    """``("gated" | "auth" | "offline", the underlying error)`` for Hub access failures, else None."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
-    network_errors = _network_error_types()
-    for cause in _error_chain(err):
-        if isinstance(cause, GatedRepoError):
-            return "gated", cause
-        status = getattr(getattr(cause, "response", None), "status_code", None)
-        if isinstance(cause, RepositoryNotFoundError) or (isinstance(cause, HfHubHTTPError) and status in (401, 403)):
-            return "auth", cause
-        if isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled) + network_errors):
-            return "offline", cause
+def _hub_hint(cause: BaseException, repo_id: str) -> str | None:
+    """The one-line hint for one of huggingface_hub's access errors, else None."""
+    if isinstance(cause, GatedRepoError):
+        return f"a gated repository: accept its terms on https://huggingface.co/{repo_id}, then log in with {LOGIN}"
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    if isinstance(cause, RepositoryNotFoundError) or (isinstance(cause, HfHubHTTPError) and status in (401, 403)):
+        return f"not found or not authorised: check the name; a private or gated repository needs a login ({LOGIN})"
+    if isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        offline_mode = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        offline = " (HF_HUB_OFFLINE is set)" if offline_mode else ""
+        return f"not in the local Hugging Face cache and the Hub cannot be reached{offline}"
     return None
 
 
 def hub_access_error(err: BaseException, repo_id: str, *, local_hint: str) -> HubAccessError | None:
-    """A :class:`HubAccessError` that explains ``err`` (raised while fetching ``repo_id``), or None when ``err``
-    is not a Hub access failure. ``local_hint`` says how to use a downloaded copy instead."""
-    found = _classify_hub_error(err)
-    if found is None:
-        return None
-    kind, cause = found
-    page = f"https://huggingface.co/{repo_id}"
-    login = "log in with `hf auth login` (huggingface_hub < 1.0: `huggingface-cli login`) or set HF_TOKEN"
-    if kind == "gated":
-        terms = f"{page}" + (f" (UNI: {UNI_REPO_PAGE})" if repo_id.lower() == "mahmoodlab/uni" else "")
-        message = (
-            f"{repo_id} is a gated repository and this account has no access: accept its terms on {terms}, "
-            f"then {login} with that account; or {local_hint}."
-        )
-    elif kind == "auth":
-        message = (
-            f"{repo_id} could not be accessed (not found, private or not authorised): check the name; if it is "
-            f"private or gated, {login} with an account that has access (gated models: accept the terms on {page}); "
-            f"or {local_hint}."
-        )
-    else:
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") else ""
-        message = (
-            f"{repo_id} is not in the local Hugging Face cache and the Hub cannot be reached{offline}: "
-            f"{local_hint}; or run once with network access to fill the cache."
-        )
-    return HubAccessError(f"{message}\n(cause: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})")
+    """A :class:`HubAccessError` for ``err`` (raised while fetching ``repo_id``) when huggingface_hub's gated,
+    not-found or offline error is among its causes, else None: the Hub's message, a one-line hint, and
+    ``local_hint`` (how to use a downloaded copy instead)."""
+    for cause in _error_chain(err):
+        hint = _hub_hint(cause, repo_id)
+        if hint is not None:
+            hub_message = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            return HubAccessError(f"{repo_id}: {hint}; or {local_hint}.\n(Hub: {type(cause).__name__}: {hub_message})")
+    return None
 
 
 @contextlib.contextmanager
@@ -170,23 +168,42 @@ def _unwrap_state_dict(obj, origin: str) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file safely: ``.safetensors`` or a ``torch.save``d state dict (``weights_only=True``)."""
-    path = Path(path).expanduser()
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _looks_like_torch_file(path: Path) -> bool:
+    """A ``torch.save`` zip archive, or a legacy pickle (protocol 2+ starts with byte 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
-        return _unwrap_state_dict(load_file(str(path), device="cpu"), str(path))
-    if path.suffix not in STATE_DICT_SUFFIXES:
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file safely with timm's reader: ``.safetensors``, or a ``torch.save``d state dict loaded with
+    ``weights_only=True`` (timm unwraps ``state_dict``/``model`` and strips ``module.``); then only tensors may be
+    left."""
+    from timm.models import load_state_dict
+
+    path = Path(path).expanduser()
+    if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"{path}: unknown weights format; expected one of {list(WEIGHT_SUFFIXES)}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix != ".safetensors" and not _looks_like_torch_file(path):
         raise ValueError(
-            f"{path} is not a plain state dict: torch.load(weights_only=True) refused it ({reason}). The file must "
-            "hold only tensors (a dict of name -> tensor, optionally under 'state_dict' or 'model'); re-save it with "
-            "torch.save(model.state_dict(), path) or as .safetensors. Arbitrary pickles are never unpickled here."
+            f"{path} is not a PyTorch weights file (neither a torch.save archive nor a pickle): pass the "
+            "checkpoint's weights file (.bin/.pth/.pt from torch.save, or .safetensors)"
+        )
+    try:
+        obj = load_state_dict(str(path), use_ema=False, device="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # weights-only refusal, corrupt archive or safetensors header
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = reason.split(" No automatic unsafe pickle fallback")[0]  # timm's advice to unpickle: not here
+        raise ValueError(
+            f"{path} is not a plain state dict: it could not be read with torch.load(weights_only=True) / safetensors "
+            f"({reason}). The file must hold only tensors (a dict of name -> tensor, optionally under 'state_dict' "
+            "or 'model'); re-save it with torch.save(model.state_dict(), path) or as .safetensors. Arbitrary pickles "
+            "are never unpickled here."
         ) from err
     return _unwrap_state_dict(obj, str(path))
 
@@ -243,19 +260,21 @@ def _weights_file_in(directory: Path) -> Path:
 def resolve_weights_source(source: str) -> tuple[str, str | Path]:
     """``("file", path)``, ``("hub", "hf-hub:<repo>")`` or ``("timm", name)`` for a weights source string."""
     source = str(source)
-    if source.startswith("hf-hub:"):
+    if source.startswith(HUB_PREFIX):
         return "hub", source
     path = Path(source).expanduser()
     if path.is_dir():
         return "file", _weights_file_in(path)
     if path.is_file():
         return "file", path
-    if path.suffix in WEIGHT_SUFFIXES or source.startswith((".", "/", "~")):
+    if path.suffix in WEIGHT_SUFFIXES:
         raise FileNotFoundError(f"weights file {path} does not exist")
     if timm.is_model(source):
         return "timm", source
-    if _HUB_REPO_ID.match(source):
-        return "hub", f"hf-hub:{source}"
+    if not is_local_path(source):
+        return "hub", f"{HUB_PREFIX}{source}"
+    if "/" in source or os.sep in source or source.startswith(("~", ".")):
+        raise FileNotFoundError(f"weights file or folder {path} does not exist")
     raise ValueError(
         f"{source!r} is neither a weights file ({', '.join(WEIGHT_SUFFIXES)}), a Hub repo id (org/name or "
         "hf-hub:org/name) nor a timm model name"
@@ -263,7 +282,7 @@ def resolve_weights_source(source: str) -> tuple[str, str | Path]:
 
 
 def _timm_pretrained_state_dict(name: str, backbone_kwargs: dict, token: str | None) -> dict[str, torch.Tensor]:
-    repo_id = name[len("hf-hub:"):] if name.startswith("hf-hub:") else name
+    repo_id = name[len(HUB_PREFIX):] if name.startswith(HUB_PREFIX) else name
     local_hint = (
         f"download the weights (for UNI: pytorch_model.bin from {UNI_REPO_PAGE}) and pass the file as a local "
         "path (training CLI flag --teacher_weights PATH)"
@@ -344,7 +363,9 @@ def student_from_hf_clip(
     )
     model = build_without_init(AmlpfClipForImageClassification, config)
     weights = clip.state_dict()
-    towers = {"vision_model": ("vision_model.", "visual_projection."), "text_model": ("text_model.", "text_projection.")}
+    towers = {
+        "vision_model": ("vision_model.", "visual_projection."), "text_model": ("text_model.", "text_projection.")
+    }
     unused = [k for k in weights if k != "logit_scale" and not k.startswith(sum(towers.values(), ()))]
     if unused:
         raise ValueError(f"{origin}: CLIPModel tensors with no place in the student: {unused[:10]}")
@@ -392,11 +413,14 @@ def load_student(
     origin = str(name_or_path)
     path = Path(name_or_path).expanduser()
     local_hint = f"download it (hf download {origin} --local-dir DIR) where the Hub is reachable and pass DIR"
-    if not path.exists() and not _HUB_REPO_ID.match(origin):
-        raise FileNotFoundError(f"student checkpoint {path} does not exist (expected a directory or a Hub id org/name)")
+    if is_local_path(origin) and not path.exists():
+        raise FileNotFoundError(
+            f"student checkpoint {path} does not exist (expected a directory or a Hub id org/name)"
+        )
     if path.is_file():
         raise ValueError(
-            f"{path} is a file; a student is a checkpoint directory or a Hub id. Convert open_clip/OpenAI files first: "
+            f"{path} is a file; a student is a checkpoint directory or a Hub id. Convert open_clip/OpenAI files "
+            "first: "
             f"python -m modeling_amlpf.convert open_clip --checkpoint {path} --model RN50 --output_dir DIR"
         )
     if path.is_dir():
@@ -404,7 +428,8 @@ def load_student(
         if not config_file.is_file():
             raise FileNotFoundError(
                 f"{path} has no config.json: expected a student checkpoint (save_pretrained output), a CLIP "
-                "checkpoint directory, or an open_clip file converted with `python -m modeling_amlpf.convert open_clip`"
+                "checkpoint directory, or an open_clip file converted with "
+                "`python -m modeling_amlpf.convert open_clip`"
             )
         model_type = json.loads(config_file.read_text()).get("model_type")
     else:
@@ -418,7 +443,8 @@ def load_student(
     if model_type != AmlpfClipConfig.model_type:
         raise ValueError(
             f"{origin} has model_type {model_type!r}; expected {AmlpfClipConfig.model_type!r} (a saved student) or "
-            "'clip' (a transformers CLIP checkpoint). open_clip/OpenAI files: python -m modeling_amlpf.convert open_clip"
+            "'clip' (a transformers CLIP checkpoint). open_clip/OpenAI files: "
+            "python -m modeling_amlpf.convert open_clip"
         )
     if path.is_dir() and not _has_weights(path):
         logger.warning(f"{path} has a config but no weights ({', '.join(WEIGHT_FILE_NAMES)}): random initialisation")

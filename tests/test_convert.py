@@ -1,17 +1,14 @@
 """open_clip / OpenAI ResNet CLIP -> student conversion, against open_clip itself (random weights, offline)."""
 
 import json
-import os
 from types import SimpleNamespace
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
 import pytest
 import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, OPENAI_CLIP_MEAN
+from transformers.utils import ModelOutput
 
 import modeling_amlpf  # noqa: F401  (registers the Auto classes)
 from modeling_amlpf import convert
@@ -75,8 +72,14 @@ def probe_tokens(chaoyang, open_clip_tokenizer):
     return open_clip_tokenizer([chaoyang["prompts"]["basic"][3], chaoyang["prompts"]["detailed"][3]])
 
 
-def _features_equal(ours: torch.Tensor, reference: torch.Tensor) -> None:
-    torch.testing.assert_close(ours, reference, atol=ATOL, rtol=0)
+def _features(output) -> torch.Tensor:
+    """Projected features of ``get_image_features``/``get_text_features``: a tensor, or (transformers 5's CLIP
+    contract) a ModelOutput whose ``pooler_output`` holds them."""
+    return output.pooler_output if isinstance(output, ModelOutput) else output
+
+
+def _features_equal(ours, reference: torch.Tensor) -> None:
+    torch.testing.assert_close(_features(ours), reference, atol=ATOL, rtol=0)
 
 
 def test_rn50_bin_checkpoint_converts_to_an_equivalent_student(tmp_path, rn50, chaoyang, probe_tokens,
@@ -127,7 +130,7 @@ def test_rn50_quickgelu_safetensors_uses_quick_gelu(tmp_path, rn50, rn50_quickge
     # The image tower (ReLU, no GELU anywhere) is the one compared with open_clip in the RN50 test.
     detailed = probe_tokens[1:]
     with torch.no_grad():
-        ours = student.get_text_features(detailed)
+        ours = _features(student.get_text_features(detailed))
         _features_equal(ours, rn50_quickgelu.encode_text(detailed))
         # The activation matters: the GELU reading of the same weights is measurably different.
         assert (ours - gelu_reference.encode_text(detailed)).abs().max() > 100 * ATOL
@@ -217,7 +220,8 @@ def test_wrong_architecture_is_reported(rn50):
 
 def test_truncated_text_tower_is_reported(rn50):
     state_dict = {k: v for k, v in rn50[1].items() if not k.startswith("transformer.resblocks.11.")}
-    with pytest.raises(ValueError, match=r"lacks the text-tower tensor 'transformer\.resblocks\.11\.attn\.in_proj_weight'"):
+    expected = r"lacks the text-tower tensor 'transformer\.resblocks\.11\.attn\.in_proj_weight'"
+    with pytest.raises(ValueError, match=expected):
         convert.student_from_open_clip(state_dict, "RN50")
 
 
@@ -239,6 +243,22 @@ def test_pickles_with_objects_are_refused(tmp_path):
         convert.read_clip_checkpoint(path)
 
 
+def test_files_that_are_not_checkpoints_are_named(tmp_path):
+    text = tmp_path / "RN50.pt"
+    text.write_text("<html>not a checkpoint</html>\n")  # a failed download saved under the checkpoint's name
+    with pytest.raises(ValueError, match=r"RN50\.pt is not a PyTorch weights file"):
+        convert.read_clip_checkpoint(text)
+
+
+def test_a_non_empty_output_dir_is_refused_before_any_work(tmp_path, monkeypatch):
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    monkeypatch.setattr(convert, "read_clip_checkpoint", lambda path: pytest.fail("read before the folder check"))
+    with pytest.raises(FileExistsError, match=r"student is not empty \(1 entries\).*--overwrite_output_dir"):
+        convert.main(["open_clip", "--checkpoint", "RN50.pt", "--model", "RN50", "--output_dir", str(out)])
+
+
 def test_training_checkpoints_are_unwrapped(tmp_path):
     path = tmp_path / "epoch_3.pt"
     torch.save({"epoch": 3, "state_dict": {"module.logit_scale": torch.tensor(2.0)}}, path)
@@ -250,7 +270,8 @@ def test_other_resnet_layouts_convert_exactly(tmp_path):
     """A ResNet CLIP that is none of OpenAI's sizes goes through the explicit-stages timm path; registered as an
     open_clip config (name unique to this test), it is small enough to compare images and text cheaply."""
     name = "RN-amlpf-tiny-test"
-    config = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 2, 1, 1], "width": 16, "patch_size": None},
+    config = {"embed_dim": 32,
+              "vision_cfg": {"image_size": 64, "layers": [1, 2, 1, 1], "width": 16, "patch_size": None},
               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
     (tmp_path / f"{name}.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / f"{name}.json")
@@ -258,7 +279,8 @@ def test_other_resnet_layouts_convert_exactly(tmp_path):
     reference = _randomise_(open_clip.create_model(name, pretrained=None), seed=4)
 
     student, tokenizer = convert.student_from_open_clip(reference.state_dict(), name, ["a", "b"])
-    assert student.config.timm_model_name == "resnet50_clip" and student.config.timm_model_kwargs["stem_chs"] == [8, 8, 16]
+    assert student.config.timm_model_name == "resnet50_clip"
+    assert student.config.timm_model_kwargs["stem_chs"] == [8, 8, 16]
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     tokens = open_clip.get_tokenizer(name)(["adenoma", "a histopathology image of serrated crypts"])
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Metrics (through the local evaluate module) against scikit-learn, the Trainer hook, and reporting."""
+"""Metrics (the local evaluate module, computed by scikit-learn) against equations written out here, the Trainer
+hook, strict JSON, metric keys of any class name, and reporting."""
 
 from __future__ import annotations
 
@@ -12,25 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    cohen_kappa_score,
-    confusion_matrix,
-    matthews_corrcoef,
-    precision_recall_fscore_support,
-    recall_score,
-    roc_auc_score,
-)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
 from modeling_amlpf.metrics import (  # noqa: E402
     METRIC_MODULE_PATH,
+    METRIC_TITLES,
     compute_classification_metrics,
+    confusion_matrix_title,
+    flatten_metrics,
+    json_safe,
     load_classification_metric,
     make_compute_metrics,
+    per_class_recall_key,
     plot_confusion_matrix,
     render_metrics_table,
     render_summary_markdown,
@@ -61,55 +57,79 @@ def _informative_logits(rng, labels, num_classes, signal=1.5):
     return logits
 
 
-def _sklearn_reference(labels, probs):
-    """The same metrics, computed independently with scikit-learn's defaults."""
+# --- the metrics, written out from their definitions (independent of scikit-learn) ---------------------------
+def _pairwise_auroc(is_positive, scores):
+    """P(a random positive outscores a random negative), ties counting half: every pair compared."""
+    pos, neg = scores[is_positive], scores[~is_positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+def _confusion(labels, predicted, num_classes):
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for t, p in zip(labels, predicted):
+        cm[t, p] += 1
+    return cm
+
+
+def _reference(labels, probs):
+    """The paper's metrics from their definitions: macro averages over the classes in the references or
+    predictions (zero_division 0), balanced accuracy over the classes in the references, kappa from the
+    marginals, Gorodkin's multi-class MCC, macro one-vs-rest AUROC over the classes present (class 1's AUROC
+    for two classes)."""
+    n, num_classes = probs.shape
     predicted = probs.argmax(axis=1)
-    precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average="macro", zero_division=0)
-    present = np.unique(labels)
-    if probs.shape[1] == 2:
-        auroc = roc_auc_score(labels, probs[:, 1])
-    elif len(present) == probs.shape[1]:
-        auroc = roc_auc_score(labels, probs, multi_class="ovr", average="macro")
-    else:  # sklearn's multi-class AUROC refuses absent classes: average the present classes' one-vs-rest AUROC
-        auroc = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present])
+    cm = _confusion(labels, predicted, num_classes)
+    tp = np.diag(cm).astype(float)
+    true_count, pred_count = cm.sum(axis=1), cm.sum(axis=0)
+    in_refs = true_count > 0
+    used = in_refs | (pred_count > 0)
+    precision = np.array([tp[c] / pred_count[c] if pred_count[c] else 0.0 for c in range(num_classes)])
+    recall = np.array([tp[c] / true_count[c] if true_count[c] else 0.0 for c in range(num_classes)])
+    f1 = np.array([2 * tp[c] / (pred_count[c] + true_count[c]) if pred_count[c] + true_count[c] else 0.0
+                   for c in range(num_classes)])
+    p_o = tp.sum() / n
+    p_e = (true_count * pred_count).sum() / n**2
+    cov_tp = tp.sum() * n - (true_count * pred_count).sum()
+    cov_p, cov_t = n**2 - (pred_count**2).sum(), n**2 - (true_count**2).sum()
+    if num_classes == 2:
+        auroc = _pairwise_auroc(labels == 1, probs[:, 1])
+    else:
+        auroc = float(np.mean([_pairwise_auroc(labels == c, probs[:, c]) for c in range(num_classes) if in_refs[c]]))
     return {
-        "accuracy": accuracy_score(labels, predicted),
-        "macro_precision": precision,
-        "macro_recall": recall,
-        "macro_f1": f1,
+        "accuracy": p_o,
+        "macro_precision": precision[used].mean(),
+        "macro_recall": recall[used].mean(),
+        "macro_f1": f1[used].mean(),
         "macro_auroc": auroc,
-        "cohen_kappa": cohen_kappa_score(labels, predicted),
-        "mcc": matthews_corrcoef(labels, predicted),
-        "balanced_accuracy": balanced_accuracy_score(labels, predicted),
+        "cohen_kappa": (p_o - p_e) / (1 - p_e) if p_e < 1 else float("nan"),
+        "mcc": cov_tp / math.sqrt(cov_p * cov_t) if cov_p * cov_t else 0.0,
+        "balanced_accuracy": recall[in_refs].mean(),
+        "recall": [recall[c] if in_refs[c] else float("nan") for c in range(num_classes)],
+        "confusion_matrix": cm,
     }
 
 
-def _assert_matches_sklearn(result, labels, probs, class_names):
-    expected = _sklearn_reference(labels, probs)
+def _assert_matches_reference(result, labels, probs, class_names):
+    expected = _reference(labels, probs)
     for key in SCALAR_KEYS:
-        assert result[key] == pytest.approx(expected[key], abs=1e-10), key
-    num_classes = probs.shape[1]
-    np.testing.assert_array_equal(
-        result["confusion_matrix"], confusion_matrix(labels, probs.argmax(1), labels=list(range(num_classes)))
-    )
-    present = set(labels.tolist())
-    recalls = recall_score(labels, probs.argmax(1), average=None, labels=list(range(num_classes)), zero_division=0)
+        assert result[key] == pytest.approx(expected[key], abs=1e-10, nan_ok=True), key
+    np.testing.assert_array_equal(result["confusion_matrix"], expected["confusion_matrix"])
     for c, name in enumerate(class_names):
-        if c in present:
-            assert result["per_class_recall"][name] == pytest.approx(recalls[c], abs=1e-12)
-        else:
-            assert math.isnan(result["per_class_recall"][name])
+        assert result["per_class_recall"][name] == pytest.approx(expected["recall"][c], abs=1e-12, nan_ok=True)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("num_classes", [3, 4, 8])
-def test_multiclass_metrics_equal_sklearn(seed, num_classes):
+def test_multiclass_metrics_equal_their_definitions(seed, num_classes):
     rng = np.random.default_rng(seed)
     labels = np.concatenate([np.arange(num_classes), rng.integers(0, num_classes, size=90)])
     probs = _softmax(_informative_logits(rng, labels, num_classes))
     names = [f"class {c}" for c in range(num_classes)]
     result = compute_classification_metrics(probs, labels, names)
-    _assert_matches_sklearn(result, labels, probs, names)
+    _assert_matches_reference(result, labels, probs, names)
     assert 0.2 < result["accuracy"] < 0.95  # the data is neither trivial nor random
     assert result["note"] == ""
 
@@ -120,18 +140,19 @@ def test_binary_auroc_is_class_one_auroc(seed):
     labels = rng.integers(0, 2, size=80)
     probs = _softmax(_informative_logits(rng, labels, 2, signal=1.0))
     result = compute_classification_metrics(probs, labels, ["benign", "malignant"])
-    _assert_matches_sklearn(result, labels, probs, ["benign", "malignant"])
-    assert result["macro_auroc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-12)
+    _assert_matches_reference(result, labels, probs, ["benign", "malignant"])
+    assert result["macro_auroc"] == pytest.approx(_pairwise_auroc(labels == 1, probs[:, 1]), abs=1e-12)
+    assert 0.6 < result["macro_auroc"] < 1.0
 
 
 def test_tied_scores_count_half_in_auroc():
     probs = np.array([[0.5, 0.5], [0.5, 0.5], [0.8, 0.2], [0.2, 0.8]])
     labels = np.array([0, 1, 0, 1])
     result = compute_classification_metrics(probs, labels, ["a", "b"])
-    assert result["macro_auroc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]))
+    # pairs (positive, negative): (0.5, 0.5) tie, (0.5, 0.2) win, (0.8, 0.5) win, (0.8, 0.2) win -> 3.5 / 4
+    assert result["macro_auroc"] == pytest.approx(3.5 / 4)
 
 
-@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # sklearn, on purpose
 def test_classes_absent_from_references_do_not_crash_and_are_noted():
     rng = np.random.default_rng(7)
     labels = rng.choice([0, 1, 3], size=60)  # class 2 absent from references; class 4 absent everywhere
@@ -142,7 +163,7 @@ def test_classes_absent_from_references_do_not_crash_and_are_noted():
     names = ["normal", "serrated", "adenocarcinoma", "adenoma", "other"]
     result = compute_classification_metrics(probs, labels, names)
 
-    _assert_matches_sklearn(result, labels, probs, names)
+    _assert_matches_reference(result, labels, probs, names)
     assert "adenocarcinoma" in result["note"] and "other" in result["note"]
     # macro recall counts the predicted-but-absent class (recall 0), balanced accuracy does not
     assert result["macro_recall"] < result["balanced_accuracy"]
@@ -167,7 +188,7 @@ def test_logits_are_softmaxed_and_match_probabilities():
     for key in SCALAR_KEYS:
         assert from_logits[key] == pytest.approx(from_probs[key], abs=1e-12)
         assert detected[key] == pytest.approx(from_probs[key], abs=1e-12)
-    _assert_matches_sklearn(from_logits, labels, _softmax(logits), names)
+    _assert_matches_reference(from_logits, labels, _softmax(logits), names)
     with pytest.raises(ValueError, match="probabilities=False"):
         compute_classification_metrics(logits, labels, names, probabilities=True)
 
@@ -204,7 +225,7 @@ def test_metric_is_an_evaluate_module_with_batches():
     for start in range(0, len(labels), 10):
         metric.add_batch(predictions=probs[start : start + 10], references=labels[start : start + 10])
     result = metric.compute(class_names=["x", "y", "z"])
-    _assert_matches_sklearn(result, labels, probs, ["x", "y", "z"])
+    _assert_matches_reference(result, labels, probs, ["x", "y", "z"])
 
 
 _OFFLINE_LOAD_SCRIPT = f"""
@@ -234,7 +255,8 @@ def offline_load_process(tmp_path_factory):
     for var in ("HF_EVALUATE_CACHE", "HF_MODULES_CACHE", "HF_METRICS_CACHE", "XDG_CACHE_HOME"):
         env.pop(var, None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _OFFLINE_LOAD_SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _OFFLINE_LOAD_SCRIPT],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     yield proc, hf_home
     if proc.poll() is None:
@@ -249,7 +271,7 @@ def test_evaluate_load_works_offline_with_an_empty_cache(offline_load_process):
     out = json.loads(stdout.strip().splitlines()[-1])
     assert out["cls"] == "AmlpfClassification"
     assert out["accuracy"] == pytest.approx(2 / 3)
-    assert out["auroc"] == pytest.approx(roc_auc_score([0, 1, 1], [0.1, 0.7, 0.4]))
+    assert out["auroc"] == pytest.approx(1.0)  # both positives (0.7, 0.4) outscore the negative (0.1)
     assert list(hf_home.glob("modules/evaluate_modules/metrics/amlpf_classification/*/amlpf_classification.py"))
 
 
@@ -266,17 +288,75 @@ def test_trainer_compute_metrics_flattens_to_floats():
 
     assert all(type(v) is float for v in flat.values())
     assert "confusion_matrix" not in flat and "note" not in flat and "per_class_recall" not in flat
-    expected = _sklearn_reference(labels, _softmax(logits.astype(np.float64)))
+    expected = _reference(labels, _softmax(logits.astype(np.float64)))
     for key in SCALAR_KEYS:
         assert flat[key] == pytest.approx(expected[key], abs=1e-9)
-    recalls = recall_score(labels, logits.argmax(1), average=None)
-    assert flat["recall_squamous_cell_carcinoma"] == pytest.approx(recalls[1])
-    assert flat["recall_normal"] == pytest.approx(recalls[2])
+    assert flat["recall_squamous cell carcinoma"] == pytest.approx(expected["recall"][1])
+    assert flat["recall_normal"] == pytest.approx(expected["recall"][2])
 
 
-def test_make_compute_metrics_rejects_colliding_class_names():
-    with pytest.raises(ValueError, match="collide"):
-        make_compute_metrics(["a b", "a_b"])
+NFC_E, NFD_E = "\u00e9", "e\u0301"  # "é" composed (NFC) and decomposed (NFD, as macOS writes file names)
+
+
+def test_metric_keys_hold_the_real_class_names():
+    """Accents, CJK, Cyrillic and names that differ only by an accent or an underscore: each its own key."""
+    from transformers.trainer_utils import EvalPrediction
+
+    names = [f"Ad{NFD_E}nocarcinome", "Adenocarcinome", "鳞状细胞癌", "Нормальная ткань", "a b", "a_b"]
+    labels = np.array([0, 1, 2, 3, 4, 5, 0, 2, 3, 5, 1, 4])
+    predicted = np.array([0, 1, 2, 3, 4, 4, 1, 2, 3, 5, 1, 0])
+    logits = np.eye(6)[predicted] * 4.0
+    flat = make_compute_metrics(names)(EvalPrediction(predictions=logits, label_ids=labels))
+    expected_recall = {  # hits / occurrences of each true class
+        f"Ad{NFC_E}nocarcinome": 1 / 2, "Adenocarcinome": 2 / 2, "鳞状细胞癌": 2 / 2, "Нормальная ткань": 2 / 2,
+        "a b": 1 / 2, "a_b": 1 / 2,
+    }
+    for name, recall in expected_recall.items():
+        assert flat["recall_" + name] == pytest.approx(recall), name
+    assert len([k for k in flat if k.startswith("recall_")]) == 6
+    assert per_class_recall_key(f"Ad{NFD_E}nocarcinome") == f"recall_Ad{NFC_E}nocarcinome"  # NFC, one spelling
+    # The keys survive strict JSON with their characters, and read back equal.
+    text = json.dumps({"test_" + k: v for k, v in flat.items()}, ensure_ascii=False, allow_nan=False)
+    assert f'"test_recall_Ad{NFC_E}nocarcinome"' in text and '"test_recall_鳞状细胞癌"' in text
+    assert json.loads(text)["test_recall_Нормальная ткань"] == pytest.approx(1.0)
+
+
+def test_one_name_in_two_unicode_forms_is_refused():
+    with pytest.raises(ValueError, match="two Unicode forms"):
+        make_compute_metrics([f"Ad{NFC_E}nocarcinome", f"Ad{NFD_E}nocarcinome"])
+    with pytest.raises(ValueError, match="empty"):
+        per_class_recall_key("  ")
+
+
+def test_json_safe_writes_strict_json():
+    results = {
+        "test_macro_auroc": float("nan"),
+        "test_accuracy": np.float32(0.75),
+        "test_samples": np.int64(12),
+        "test_per_class_recall": {"a": np.float64("nan"), "b": 1.0},
+        "values": (np.array([1.0, np.inf]), [float("-inf")]),
+        "flag": np.bool_(True),
+        "note": "n",
+    }
+    safe = json_safe(results)
+    text = json.dumps(safe, allow_nan=False)  # raises on any NaN / inf left
+    back = json.loads(text)
+    assert back == {
+        "test_macro_auroc": None, "test_accuracy": 0.75, "test_samples": 12,
+        "test_per_class_recall": {"a": None, "b": 1.0}, "values": [[1.0, None], [None]], "flag": True, "note": "n",
+    }
+    assert type(back["test_samples"]) is int
+    # read back, null is an undefined metric again: NaN in the flat view, "–" in tables
+    flat, _ = flatten_metrics(back)
+    assert math.isnan(flat["test_macro_auroc"]) and math.isnan(flat["test_recall_a"])
+    assert "| Macro AUROC (%) | – |" in render_metrics_table(back)
+
+
+def test_titles_come_from_one_table():
+    assert list(METRIC_TITLES)[:8] == list(SCALAR_KEYS) and METRIC_TITLES["ms_per_image"] == "ms/img"
+    text = render_metrics_table({"macro_f1": 0.5, "cohen_kappa": 0.25})
+    assert f"| {METRIC_TITLES['macro_f1']} (%) | 50.00 |" in text
+    assert f"| {METRIC_TITLES['cohen_kappa']} (%) | 25.00 |" in text
 
 
 # --- reporting ------------------------------------------------------------------------------------------
@@ -329,7 +409,8 @@ def test_summary_markdown_has_the_paper_layout():
     text = render_summary_markdown(summary, "LungHist700", class_names=names)
 
     header = next(line for line in text.splitlines() if line.startswith("| Dataset"))
-    assert header == "| Dataset | Accuracy | Precision | Recall | F1 | AUROC | Kappa | MCC | Balanced acc. | ms/img |"
+    assert header == "| Dataset | " + " | ".join(METRIC_TITLES.values()) + " |"
+    assert header.startswith("| Dataset | Accuracy | Macro precision | Macro recall | Macro F1 | Macro AUROC |")
     acc = np.array([per_split[s]["test_accuracy"] for s in range(3)])
     assert f"{100 * acc.mean():.2f} ± {100 * acc.std(ddof=1):.2f}" in text
     ms = np.array([per_split[s]["test_ms_per_image"] for s in range(3)])
@@ -361,17 +442,60 @@ def _png_size(path):
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-def test_confusion_matrix_png(tmp_path, normalize):
+def test_confusion_matrix_png(tmp_path, monkeypatch, normalize):
     import matplotlib
+    from matplotlib.figure import Figure
 
+    saved = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), savefig(self, *a, **k))[1])
     backend_before = matplotlib.get_backend()
     cm = [[5, 1, 0], [2, 7, 1], [0, 0, 0]]  # an empty row must not divide by zero
-    out = plot_confusion_matrix(cm, ["normal", "serrated", "adenoma"], tmp_path / "plots" / "cm.png", normalize=normalize)
+    title = confusion_matrix_title("student", "test", "chaoyang")
+    out = plot_confusion_matrix(cm, ["normal", "serrated", "adenoma"], tmp_path / "plots" / "cm.png",
+                                normalize=normalize, title=title)
     width, height = _png_size(out)
     assert out.stat().st_size > 1000 and width > 100 and height > 100
     assert matplotlib.get_backend() == backend_before
+
+    ax = saved[0].axes[0]
+    assert ax.get_title() == "Student, test split (chaoyang)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["normal", "serrated", "adenoma"]
+    cells = [t.get_text() for t in ax.texts]
+    if normalize:  # row fractions with the counts: 5 of 6, 7 of 10; the empty row stays 0
+        assert cells[:2] == ["0.83\n(5)", "0.17\n(1)"] and cells[4] == "0.70\n(7)" and cells[8] == "0.00\n(0)"
+    else:
+        assert cells == ["5", "1", "0", "2", "7", "1", "0", "0", "0"]
 
 
 def test_confusion_matrix_shape_must_match_names(tmp_path):
     with pytest.raises(ValueError, match="does not match 2 class names"):
         plot_confusion_matrix([[1, 2, 3]], ["a", "b"], tmp_path / "cm.png")
+
+
+# --- class names ----------------------------------------------------------------------------------------
+
+
+def test_check_class_names_passes_one_name_in_two_unicode_forms():
+    from modeling_amlpf.class_names import check_class_names
+
+    found = check_class_names([f"Ad{NFD_E}nocarcinome", "normal"], [f"Ad{NFC_E}nocarcinome", "normal"],
+                              source="prompts.json", fix="edit the file")
+    assert found == [f"Ad{NFC_E}nocarcinome", "normal"]
+
+
+def test_check_class_names_says_what_is_missing_extra_and_why():
+    from modeling_amlpf.class_names import check_class_names
+
+    with pytest.raises(ValueError) as info:
+        check_class_names(["normal", "Tumor"], ["normal", "tumor", "stroma"], source="prompts.json",
+                          fix="add the class to --prompts_file")
+    message = str(info.value)
+    assert message.startswith("prompts.json: classes ['normal', 'Tumor'] do not match the expected classes "
+                              "['normal', 'tumor', 'stroma']: missing ['tumor', 'stroma'], extra ['Tumor']")
+    assert "differ only by case or Unicode form: 'Tumor' vs 'tumor'" in message
+    assert message.endswith("Fix: add the class to --prompts_file")
+    with pytest.raises(ValueError, match="the same classes in another order"):
+        check_class_names(["b", "a"], ["a", "b"], source="the teacher", fix="retrain")
+    with pytest.raises(ValueError, match=r"two Unicode forms"):
+        check_class_names([f"{NFC_E}", f"{NFD_E}"], ["x", "y"], source="the data folder", fix="rename")

@@ -3,9 +3,6 @@
 import json
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
-
 import httpx2
 import pytest
 import timm
@@ -20,18 +17,21 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import save_file
 from transformers import AutoModel, CLIPConfig, CLIPModel
+from transformers.utils import ModelOutput
 
 from modeling_amlpf import (
     AmlpfClipForImageClassification,
     AmlpfTeacherConfig,
     AmlpfTeacherForImageClassification,
+    pretrained,
 )
-from modeling_amlpf import pretrained
 from modeling_amlpf.configuration_amlpf import UNI_BACKBONE, UNI_BACKBONE_KWARGS
 from modeling_amlpf.presets import build_tiny_tokenizer
 
 # UNI's architecture (LayerScale, dynamic image size) at a size that builds in milliseconds.
-TINY_VIT = dict(img_size=32, patch_size=16, init_values=1e-5, dynamic_img_size=True, embed_dim=32, depth=2, num_heads=2)
+TINY_VIT = dict(
+    img_size=32, patch_size=16, init_values=1e-5, dynamic_img_size=True, embed_dim=32, depth=2, num_heads=2
+)
 CLASSES = ["normal", "adenoma"]
 PROMPTS = {
     "label": ["normal", "adenoma"],
@@ -49,7 +49,8 @@ def _uni_like_backbone(seed: int = 0, **overrides):
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             if tensor.dim() == 1:
-                tensor.copy_(torch.randn_like(tensor) * 0.1 + (1.0 if name.endswith(("norm.weight", "gamma")) else 0.0))
+                offset = 1.0 if name.endswith(("norm.weight", "gamma")) else 0.0
+                tensor.copy_(torch.randn_like(tensor) * 0.1 + offset)
     return model.eval()
 
 
@@ -90,7 +91,8 @@ def test_directories_safetensors_and_wrapped_state_dicts_load(tmp_path, images):
     reference = _uni_like_backbone(seed=1)
     state_dict = reference.state_dict()
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp_path / "uni.safetensors"))
-    torch.save({"epoch": 7, "model": {f"module.backbone.{k}": v for k, v in state_dict.items()}}, tmp_path / "ckpt.pth")
+    wrapped = {"epoch": 7, "model": {f"module.backbone.{k}": v for k, v in state_dict.items()}}
+    torch.save(wrapped, tmp_path / "ckpt.pth")
     (tmp_path / "hub_download").mkdir()
     torch.save(state_dict, tmp_path / "hub_download" / "pytorch_model.bin")
 
@@ -116,7 +118,8 @@ def test_key_mismatch_lists_keys_and_the_expected_architecture(tmp_path):
 
 def test_non_strict_loading_still_refuses_shape_mismatches(tmp_path):
     torch.save(_uni_like_backbone(embed_dim=64).state_dict(), tmp_path / "wider.bin")
-    with pytest.raises(ValueError, match=r"shape mismatches \(\d+\): \['cls_token: \(1, 1, 64\) \(expected \(1, 1, 32\)\)"):
+    expected = r"shape mismatches \(\d+\): \['cls_token: \(1, 1, 64\) \(expected \(1, 1, 32\)\)"
+    with pytest.raises(ValueError, match=expected):
         pretrained.load_teacher_backbone(_teacher(), tmp_path / "wider.bin", strict=False)
 
 
@@ -134,9 +137,44 @@ def test_pickles_that_need_more_than_tensors_are_refused(tmp_path):
         pretrained.read_state_dict(tmp_path / "mixed.pt")
 
 
+def test_files_that_are_not_weights_are_named(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, these are notes\n")  # torch.load alone says "KeyError: 101"
+    with pytest.raises(ValueError, match=r"notes\.pt is not a PyTorch weights file \(neither a torch\.save archive"):
+        pretrained.read_state_dict(text)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match=r"broken\.safetensors is not a plain state dict"):
+        pretrained.read_state_dict(broken)
+    with pytest.raises(ValueError, match=r"unknown weights format; expected one of \['\.bin'"):
+        pretrained.read_state_dict(tmp_path / "weights.npz")
+
+
+@pytest.mark.parametrize(
+    "text, local",
+    [
+        ("MahmoodLab/uni", False), ("hf-hub:MahmoodLab/uni", False), ("vinid/plip", False),
+        ("./teacher", True), ("/abs/teacher", True), ("~/teacher", True), ("outputs/chaoyang/teacher", True),
+        ("teacher", True), ("C:\\models\\teacher", True), ("org/..", True), ("a/b/c", True),
+    ],
+)
+def test_is_local_path_decides_local_or_hub(text, local):
+    assert pretrained.is_local_path(text) is local
+
+
+def test_an_existing_folder_wins_over_a_hub_id_of_the_same_spelling(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert not pretrained.is_local_path("org/model")
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert pretrained.is_local_path("org/model") and pretrained.is_local_path(tmp_path / "org" / "model")
+    assert pretrained.is_local_path("org/typo")  # a missing checkpoint inside an existing folder: local
+
+
 def test_missing_files_and_unknown_sources_are_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         pretrained.load_teacher_backbone(_teacher(), tmp_path / "absent.bin")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pretrained.resolve_weights_source(str(tmp_path / "uni"))
     with pytest.raises(ValueError, match="neither a weights file"):
         pretrained.resolve_weights_source("not a model")
     assert pretrained.resolve_weights_source("MahmoodLab/uni") == ("hub", "hf-hub:MahmoodLab/uni")
@@ -161,17 +199,27 @@ def _response(status: int) -> httpx2.Response:
     return httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/MahmoodLab/uni"))
 
 
+def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
 HUB_FAILURES = {
     "gated": lambda: GatedRepoError("403 Client Error: Cannot access gated repo", response=_response(403)),
     "auth-401": lambda: HfHubHTTPError("401 Client Error: Unauthorized", response=_response(401)),
     "not-found": lambda: RepositoryNotFoundError("401 Client Error: Repository Not Found", response=_response(401)),
     "offline-cache": lambda: LocalEntryNotFoundError("Cannot find the requested files in the disk cache"),
     "offline-mode": lambda: OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled"),
-    "connection": lambda: httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"),
+    # what huggingface_hub raises when the Hub is unreachable and the file is not cached
+    "connection": lambda: _raised_from(
+        LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub"),
+        httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"),
+    ),
 }
 EXPECTED_ADVICE = {
-    "gated": ["gated repository", "accept its terms", "https://huggingface.co/MahmoodLab/UNI", "hf auth login",
-              "HF_TOKEN", "--teacher_weights PATH"],
+    "gated": ["gated repository", "accept its terms on https://huggingface.co/MahmoodLab/uni",
+              "https://huggingface.co/MahmoodLab/UNI", "hf auth login", "HF_TOKEN", "--teacher_weights PATH",
+              "(Hub: GatedRepoError: 403 Client Error: Cannot access gated repo)"],
     "auth-401": ["not authorised", "hf auth login", "HF_TOKEN", "--teacher_weights PATH"],
     "not-found": ["check the name", "hf auth login", "--teacher_weights PATH"],
     "offline-cache": ["not in the local Hugging Face cache", "pytorch_model.bin", "--teacher_weights PATH"],
@@ -263,9 +311,15 @@ def clip_dir(request, tmp_path_factory, tokenizer):
     return path, clip
 
 
+def _features(output):
+    """Projected features of ``get_image_features``/``get_text_features``: a tensor, or (transformers 5's CLIP
+    contract) a ModelOutput whose ``pooler_output`` holds them."""
+    return output.pooler_output if isinstance(output, ModelOutput) else output
+
+
 def _text_features(clip: CLIPModel, tokenizer, texts):
     encoded = tokenizer(texts, padding=True, return_tensors="pt")
-    return clip.get_text_features(**encoded).pooler_output
+    return _features(clip.get_text_features(**encoded))
 
 
 def test_hf_clip_becomes_an_equivalent_student(clip_dir, tokenizer, images):
@@ -276,12 +330,12 @@ def test_hf_clip_becomes_an_equivalent_student(clip_dir, tokenizer, images):
     assert student.logit_scale.item() == pytest.approx(2.5)
     assert student.config.text_config.eos_token_id == clip.config.text_config.eos_token_id
     with torch.no_grad():
-        torch.testing.assert_close(student.get_image_features(images),
-                                   clip.get_image_features(pixel_values=images).pooler_output, atol=1e-5, rtol=0)
+        torch.testing.assert_close(_features(student.get_image_features(images)),
+                                   _features(clip.get_image_features(pixel_values=images)), atol=1e-5, rtol=0)
         texts = PROMPTS["detailed"] + PROMPTS["label"]
         encoded = tokenizer(texts, padding=True, return_tensors="pt")
-        torch.testing.assert_close(student.get_text_features(**encoded), _text_features(clip, tokenizer, texts),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(_features(student.get_text_features(**encoded)),
+                                   _text_features(clip, tokenizer, texts), atol=1e-5, rtol=0)
         for index, level in enumerate(student.config.prompt_levels):
             expected = F.normalize(_text_features(clip, tokenizer, PROMPTS[level]), dim=-1)
             torch.testing.assert_close(student.prompt_embeds[index], expected, atol=1e-5, rtol=0)
@@ -312,11 +366,12 @@ def test_load_student_dispatches_on_the_checkpoint_kind(clip_dir, tokenizer, tmp
     names = ["tumour", "stroma", "normal"]
     prompts = {"label": names, "detailed": [f"{n} tissue with many cells" for n in names]}
     relabelled, _ = pretrained.load_student(saved, names, prompts)
-    assert relabelled.config.id2label == dict(enumerate(names)) and relabelled.config.prompt_levels == ["label", "detailed"]
+    assert relabelled.config.id2label == dict(enumerate(names))
+    assert relabelled.config.prompt_levels == ["label", "detailed"]
     assert relabelled.prompt_embeds.shape == (2, 3, 24) and relabelled.fusion_weights.shape == (2,)
     with torch.no_grad():
-        expected = F.normalize(relabelled.get_text_features(**tokenizer(prompts["detailed"], padding=True,
-                                                                           return_tensors="pt")), dim=-1)
+        encoded = tokenizer(prompts["detailed"], padding=True, return_tensors="pt")
+        expected = F.normalize(_features(relabelled.get_text_features(**encoded)), dim=-1)
     torch.testing.assert_close(relabelled.prompt_embeds[1], expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="pass prompts for the new classes"):
         pretrained.load_student(saved, names)
@@ -363,7 +418,8 @@ def test_student_hub_failures_say_what_to_do(monkeypatch):
             raise OSError("You are trying to access a gated repo.") from err
 
     monkeypatch.setattr(pretrained.CLIPModel, "from_pretrained", gated)
-    with pytest.raises(pretrained.HubAccessError, match=r"(?s)gated repository.*hf download org/gated-clip --local-dir"):
+    gated_advice = r"(?s)gated repository.*hf download org/gated-clip --local-dir"
+    with pytest.raises(pretrained.HubAccessError, match=gated_advice):
         pretrained.student_from_hf_clip("org/gated-clip", CLASSES, PROMPTS)
 
     def offline(*args, **kwargs):

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..class_names import normalize_class_names
 from .reporting import (
+    METRIC_TITLES,
     TABLE_COLUMNS,
     TIME_KEY,
+    confusion_matrix_title,
     flatten_metrics,
+    json_safe,
     per_class_recall_key,
     plot_confusion_matrix,
     render_metrics_table,
@@ -32,10 +37,13 @@ _PROBABILITY_SUM_TOLERANCE = 1e-3
 
 __all__ = [
     "METRIC_MODULE_PATH",
+    "METRIC_TITLES",
     "TABLE_COLUMNS",
     "TIME_KEY",
     "compute_classification_metrics",
+    "confusion_matrix_title",
     "flatten_metrics",
+    "json_safe",
     "load_classification_metric",
     "make_compute_metrics",
     "per_class_recall_key",
@@ -104,14 +112,13 @@ def make_compute_metrics(class_names: Sequence[str], probabilities: bool = False
     """``compute_metrics`` for ``transformers.Trainer``: EvalPrediction -> flat dict of floats.
 
     The model's outputs are logits unless ``probabilities=True``; when ``predictions`` is a tuple (extra
-    outputs), the first element is taken. Per-class recall becomes ``recall_<class>``; the confusion matrix
-    and the note are not scalars, so they are left out of the logs (the note is logged as a warning).
+    outputs), the first element is taken. Per-class recall becomes ``recall_<class name>``; the confusion
+    matrix and the note are not scalars, so they are left out of the logs (the note is logged as a warning).
     """
-    class_names = list(class_names)
-    for name in class_names:  # fail now, not after the first evaluation, on unusable or colliding names
+    # Fail now, not after the first evaluation, on empty names or one name in two Unicode forms.
+    class_names = normalize_class_names(class_names, source="the class names given to compute_metrics")
+    for name in class_names:
         per_class_recall_key(name)
-    if len({per_class_recall_key(n) for n in class_names}) != len(class_names):
-        raise ValueError(f"class names {class_names} collide once turned into metric keys; rename them.")
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
         predictions = eval_prediction.predictions

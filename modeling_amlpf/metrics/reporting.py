@@ -1,67 +1,113 @@
-"""Human-readable results: split summaries (mean ± sample std), the paper's table layout, and a confusion plot.
+"""Human-readable results: split summaries (mean ± sample std), the paper's table layout, a confusion plot, and
+strict JSON.
 
 Everything here consumes plain metric dicts, either nested as returned by the evaluate module or flat as
-logged by the Trainer (keys optionally prefixed ``test_`` / ``eval_``), so results read back from JSON work too.
+logged by the Trainer (keys optionally prefixed ``test_`` / ``eval_``), so results read back from JSON work too
+(``null``, an undefined metric, reads as NaN).
 """
 
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-# (column title, metric key) in the order of the paper's result tables.
-TABLE_COLUMNS = (
-    ("Accuracy", "accuracy"),
-    ("Precision", "macro_precision"),
-    ("Recall", "macro_recall"),
-    ("F1", "macro_f1"),
-    ("AUROC", "macro_auroc"),
-    ("Kappa", "cohen_kappa"),
-    ("MCC", "mcc"),
-    ("Balanced acc.", "balanced_accuracy"),
-    ("ms/img", "ms_per_image"),
-)
+from ..class_names import normalize_class_name
+
+# The one table of metric keys and their titles, in the order of the paper's result tables; the model card, the
+# summaries, the run report and the metrics tables all take their titles from here.
+METRIC_TITLES: dict[str, str] = {
+    "accuracy": "Accuracy",
+    "macro_precision": "Macro precision",
+    "macro_recall": "Macro recall",
+    "macro_f1": "Macro F1",
+    "macro_auroc": "Macro AUROC",
+    "cohen_kappa": "Cohen's kappa",
+    "mcc": "MCC",
+    "balanced_accuracy": "Balanced accuracy",
+    "ms_per_image": "ms/img",
+}
 TIME_KEY = "ms_per_image"
-FRACTION_KEYS = frozenset(key for _, key in TABLE_COLUMNS if key != TIME_KEY)
+# (title, key) pairs of METRIC_TITLES, for callers that iterate columns.
+TABLE_COLUMNS = tuple((title, key) for key, title in METRIC_TITLES.items())
+FRACTION_KEYS = frozenset(key for key in METRIC_TITLES if key != TIME_KEY)
 PER_CLASS_RECALL_PREFIX = "recall_"
 KEY_PREFIXES = ("", "test_", "eval_")
 _MISSING = "–"
 
 
 def per_class_recall_key(class_name: str) -> str:
-    """Flat, log-safe key of one class's recall ("squamous cell carcinoma" -> "recall_squamous_cell_carcinoma")."""
-    slug = re.sub(r"[^0-9A-Za-z]+", "_", str(class_name)).strip("_")
-    if not slug:
-        raise ValueError(f"class name {class_name!r} has no letters or digits to build a metric key from.")
-    return PER_CLASS_RECALL_PREFIX + slug
+    """Flat key of one class's recall: ``recall_`` + the class's real name in Unicode NFC form.
+
+    JSON keys and the Trainer's logs hold any Unicode, so names keep their accents, scripts and spaces
+    ("Adénocarcinome" -> "recall_Adénocarcinome", "squamous cell carcinoma" -> "recall_squamous cell
+    carcinoma"); distinct names never collide.
+    """
+    name = normalize_class_name(class_name)
+    if not name.strip():
+        raise ValueError(f"class name {class_name!r} is empty; every class needs a name to report its recall.")
+    return PER_CLASS_RECALL_PREFIX + name
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf as None (JSON ``null``), numpy scalars and arrays as Python values, tuples as lists.
+
+    ``json.dumps`` writes NaN as the bare word ``NaN``, which strict JSON parsers reject; an undefined metric
+    (AUROC with a single class in the test labels) must read back as ``null``. Use on everything written as
+    results (``trainer.save_metrics``, summaries, histories).
+    """
+    if isinstance(obj, Mapping):
+        return {json_safe(key) if not isinstance(key, str) else key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # a torch tensor
+        return json_safe(obj.detach().cpu().tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
 
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def flatten_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
-    """Scalar view of a metrics dict: ``per_class_recall`` becomes ``recall_<class>`` keys.
+def _as_float(value) -> float:
+    """A metric value as a float; ``None`` (JSON ``null``, an undefined metric) is NaN."""
+    return float("nan") if value is None else float(value)
 
-    Returns the flat floats and the names of the entries that are not scalars (confusion matrix, notes), so
-    callers can report what they left out instead of dropping it silently.
+
+def flatten_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """Scalar view of a metrics dict: ``per_class_recall`` becomes ``recall_<class>`` keys (real class names).
+
+    Returns the flat floats (``None``, an undefined metric read back from JSON, becomes NaN) and the names of
+    the entries that are not scalars (confusion matrix, notes), so callers can report what they left out
+    instead of dropping it silently.
     """
     flat: dict[str, float] = {}
     non_scalar: list[str] = []
     for key, value in metrics.items():
-        if _is_scalar(value):
-            flat[key] = float(value)
+        if _is_scalar(value) or value is None:
+            flat[key] = _as_float(value)
         elif key.endswith("per_class_recall") and isinstance(value, Mapping):
             prefix = key[: -len("per_class_recall")]
             for class_name, recall in value.items():
                 flat_key = prefix + per_class_recall_key(class_name)
                 if flat_key in flat:
-                    raise ValueError(f"class names collide on the metric key {flat_key!r}; rename the classes.")
-                flat[flat_key] = float(recall)
+                    raise ValueError(
+                        f"two classes are the same name {class_name!r} in two Unicode forms (metric key "
+                        f"{flat_key!r}); rename one."
+                    )
+                flat[flat_key] = _as_float(recall)
         else:
             non_scalar.append(key)
     return flat, non_scalar
@@ -72,10 +118,6 @@ def _lookup(metrics: Mapping[str, Any], key: str):
         if prefix + key in metrics:
             return metrics[prefix + key]
     return None
-
-
-def _as_float(value) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def summarize_splits(per_split: Mapping[Any, Mapping[str, Any]]) -> dict:
@@ -143,7 +185,9 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-def render_summary_markdown(summary: Mapping[str, Any], dataset_name: str, class_names: Sequence[str] | None = None) -> str:
+def render_summary_markdown(
+    summary: Mapping[str, Any], dataset_name: str, class_names: Sequence[str] | None = None
+) -> str:
     """The paper's layout: one row of ``mean ± std`` in percent (ms/img in milliseconds), then one row per split.
 
     With ``class_names``, a per-class recall table follows, which is where class imbalance shows.
@@ -165,7 +209,9 @@ def render_summary_markdown(summary: Mapping[str, Any], dataset_name: str, class
     parts += ["Per split:", "", _markdown_table(["Split"] + titles, split_rows)]
 
     if class_names:
-        rows = [[name, _format_mean_std(_lookup(metrics, per_class_recall_key(name)), "recall")] for name in class_names]
+        rows = [
+            [name, _format_mean_std(_lookup(metrics, per_class_recall_key(name)), "recall")] for name in class_names
+        ]
         parts += ["", "Per-class recall (%):", "", _markdown_table(["Class", "Recall"], rows)]
     if summary.get("notes"):
         parts += ["", "Notes:"] + [f"- {note}" for note in summary["notes"]]
@@ -207,39 +253,52 @@ def render_metrics_table(metrics: Mapping[str, Any]) -> str:
     return text + "\n"
 
 
-def plot_confusion_matrix(cm, class_names: Sequence[str], path, normalize: bool = True, title: str | None = None) -> Path:
-    """Write a confusion-matrix PNG; colours are row-normalised (recall) when ``normalize``, counts always shown.
+def confusion_matrix_title(model: str, split: str, dataset: str | None = None) -> str:
+    """The title of a confusion plot: which model (teacher/student), on which split (and dataset)."""
+    title = f"{model.capitalize()}, {split} split"
+    return f"{title} ({dataset})" if dataset else title
 
-    Uses ``matplotlib.figure.Figure`` with an Agg canvas so the backend of a user's session is left alone.
+
+def plot_confusion_matrix(
+    cm, class_names: Sequence[str], path, normalize: bool = True, title: str | None = None
+) -> Path:
+    """Write a confusion-matrix PNG with scikit-learn's ``ConfusionMatrixDisplay``: colours and values are
+    row-normalised (recall) when ``normalize``, with the counts in brackets; raw counts otherwise.
+
+    ``title`` should name the model and the split (:func:`confusion_matrix_title`). Drawn on a
+    ``matplotlib.figure.Figure`` with an Agg canvas so the backend of a user's session is left alone.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     counts = np.asarray(cm)
     n = len(class_names)
     if counts.shape != (n, n):
-        raise ValueError(f"confusion matrix of shape {counts.shape} does not match {n} class names {list(class_names)}.")
-    row_totals = counts.sum(axis=1, keepdims=True)
+        raise ValueError(
+            f"confusion matrix of shape {counts.shape} does not match {n} class names {list(class_names)}."
+        )
     if normalize:
+        row_totals = counts.sum(axis=1, keepdims=True)
         shown = np.divide(counts, row_totals, out=np.zeros(counts.shape, dtype=np.float64), where=row_totals > 0)
-        vmax = 1.0
+        vmax, values_format = 1.0, ".2f"
     else:
-        shown = counts.astype(np.float64)
-        vmax = max(float(shown.max()), 1.0)
+        shown = counts.astype(np.int64)
+        vmax, values_format = max(int(shown.max()), 1), "d"
 
     size = 1.0 + 0.9 * n
     fig = Figure(figsize=(size + 1.5, size + 0.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
-    for i in range(n):
-        for j in range(n):
-            text = f"{shown[i, j]:.2f}\n({int(counts[i, j])})" if normalize else str(int(counts[i, j]))
-            color = "white" if shown[i, j] > 0.5 * vmax else "black"
-            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
-    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=list(class_names))
+    display = ConfusionMatrixDisplay(confusion_matrix=shown, display_labels=list(class_names))
+    display.plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, values_format=values_format, im_kw={"vmin": 0, "vmax": vmax},
+        text_kw={"fontsize": 8},
+    )
+    display.im_.colorbar.set_label("fraction of true class" if normalize else "count")
+    if normalize:
+        for (i, j), text in np.ndenumerate(display.text_):
+            text.set_text(f"{shown[i, j]:.2f}\n({int(counts[i, j])})")
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     if title:

@@ -1,16 +1,28 @@
-"""The AMLPF-CLIP paper's classification metrics as a local ``evaluate`` module.
+"""The AMLPF-CLIP paper's classification metrics as a local ``evaluate`` module, computed by scikit-learn.
 
-It lives in the repository (not on the Hub) so that ``evaluate.load(<this folder>)`` works offline.
-The file is self-contained (numpy only) because ``evaluate`` copies it alone into its modules cache, and the
-equations are written out here rather than delegated to scikit-learn so that the tests, which use
-scikit-learn, are an independent check. Conventions follow scikit-learn's defaults.
+It lives in the repository (not on the Hub) so that ``evaluate.load(<this folder>)`` works offline. ``evaluate``
+copies this file alone into its modules cache, so it imports only installed libraries, never the package.
+Conventions are scikit-learn's defaults; what scikit-learn leaves undefined is decided here and said in ``note``.
 """
 
 from __future__ import annotations
 
+import unicodedata
+import warnings
+
 import datasets
 import evaluate
 import numpy as np
+from scipy.special import softmax
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 _DESCRIPTION = """\
 Multi-class histopathology classification metrics reported by AMLPF-CLIP (IEEE JBHI 2025): accuracy, macro
@@ -20,7 +32,8 @@ coefficient, balanced accuracy, per-class recall and the confusion matrix.
 
 _CITATION = """\
 @article{yao2025amlpfclip,
-  title   = {AMLPF-CLIP: Adaptive prompting and distilled learning for imbalanced histopathological image classification},
+  title   = {AMLPF-CLIP: Adaptive prompting and distilled learning for imbalanced
+             histopathological image classification},
   author  = {Yao and Yue and Deng and Lin and Zhou},
   journal = {IEEE Journal of Biomedical and Health Informatics},
   year    = {2025},
@@ -34,7 +47,8 @@ Args:
         `probabilities=False` (a softmax is then applied).
     references: integer labels in [0, C).
     num_classes: optional C, checked against the width of `predictions`.
-    class_names: optional list of C names used as keys of `per_class_recall`; defaults to "0".."C-1".
+    class_names: optional list of C names used as keys of `per_class_recall` (Unicode NFC form);
+        defaults to "0".."C-1".
     probabilities: True (default) when `predictions` are probabilities (rows >= 0 summing to 1).
 Returns:
     accuracy, macro_precision, macro_recall, macro_f1, macro_auroc, balanced_accuracy (floats in [0, 1]),
@@ -43,8 +57,10 @@ Returns:
     note (str; empty unless a metric was computed on a subset of classes or is undefined).
     Macro precision/recall/F1 average over the classes present in the references or the predictions
     (scikit-learn's default labels), with zero_division=0. Balanced accuracy averages the recall of the
-    classes present in the references. Macro AUROC averages one-vs-rest AUROC over classes present in the
-    references; with C == 2 it is the binary AUROC of class 1.
+    classes present in the references. Macro AUROC is `roc_auc_score(multi_class="ovr", average="macro")`;
+    with classes absent from the references, the mean one-vs-rest AUROC of the present classes (NaN with
+    a single present class); with C == 2 it is the binary AUROC of class 1. Cohen's kappa is NaN when the
+    references and predictions hold one identical class; MCC is 0 when undefined (scikit-learn).
 Examples:
     >>> metric = evaluate.load("path/to/amlpf_classification")
     >>> metric.compute(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[0, 1])["accuracy"]
@@ -52,42 +68,6 @@ Examples:
 """
 
 _PROBABILITY_SUM_TOLERANCE = 1e-3
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, shifted by the row maximum so large logits do not overflow."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties sharing their mean rank (what the Mann-Whitney AUROC needs)."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    tie_starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
-    tie_ends = np.r_[tie_starts[1:], len(values)]
-    mean_rank = (tie_starts + 1 + tie_ends) / 2.0
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, tie_ends - tie_starts)
-    return ranks
-
-
-def binary_auroc(is_positive: np.ndarray, scores: np.ndarray) -> float:
-    """AUROC as the probability that a random positive outscores a random negative (ties count half)."""
-    n_pos = int(is_positive.sum())
-    n_neg = len(is_positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(scores)
-    return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """Element-wise division that yields 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
-    out = np.zeros_like(numerator, dtype=np.float64)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
 
 
 def _validate(scores, labels, num_classes, class_names, probabilities):
@@ -98,23 +78,26 @@ def _validate(scores, labels, num_classes, class_names, probabilities):
             f"predictions must be a non-empty (num_samples, num_classes) array of scores, got shape {scores.shape}."
         )
     if labels.shape != (scores.shape[0],):
-        raise ValueError(f"references must hold one label per prediction row: got {labels.shape} for {scores.shape[0]} rows.")
+        raise ValueError(
+            f"references must hold one label per prediction row: got {labels.shape} for {scores.shape[0]} rows "
+            "(the number of predictions)."
+        )
     if not np.all(np.isfinite(scores)):
         raise ValueError("predictions contain NaN or infinite values; check the model outputs.")
     if labels.dtype.kind not in "iu":
         if not np.all(np.equal(np.mod(labels, 1), 0)):
             raise ValueError("references must be integer class indices.")
-        labels = labels.astype(np.int64)
+    labels = labels.astype(np.int64)
     width = scores.shape[1]
     if num_classes is not None and int(num_classes) != width:
         raise ValueError(f"num_classes={num_classes} but predictions have {width} columns.")
     if class_names is None:
         class_names = [str(i) for i in range(width)]
-    class_names = [str(name) for name in class_names]
+    class_names = [unicodedata.normalize("NFC", str(name)) for name in class_names]
     if len(class_names) != width:
         raise ValueError(f"{len(class_names)} class_names for predictions with {width} columns: {class_names}.")
     if len(set(class_names)) != len(class_names):
-        raise ValueError(f"class_names must be unique, got {class_names}.")
+        raise ValueError(f"class_names must be unique (compared in Unicode NFC form), got {class_names}.")
     if labels.min() < 0 or labels.max() >= width:
         raise ValueError(f"references must lie in [0, {width}); found labels {sorted(set(labels.tolist()))}.")
     if probabilities:
@@ -125,76 +108,76 @@ def _validate(scores, labels, num_classes, class_names, probabilities):
                 "pass probabilities=False when giving logits."
             )
     else:
-        scores = softmax(scores)
-    return scores, labels.astype(np.int64), class_names
+        scores = softmax(scores, axis=1)
+    return scores, labels, class_names
+
+
+def _macro_auroc(labels: np.ndarray, probs: np.ndarray, present: np.ndarray) -> float:
+    """scikit-learn's macro one-vs-rest AUROC; over the present classes when some are absent from the labels
+    (its multi-class form refuses them), as the mean of their one-vs-rest AUROCs (the multilabel form)."""
+    n_classes = probs.shape[1]
+    if len(present) < 2:
+        return float("nan")
+    if n_classes == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    if len(present) == n_classes:
+        return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    one_vs_rest = labels[:, None] == present[None, :]
+    return float(roc_auc_score(one_vs_rest, probs[:, present], average="macro"))
 
 
 def classification_metrics(scores, labels, num_classes=None, class_names=None, probabilities=True) -> dict:
     """All metrics of the module, as a plain function (the module's ``_compute`` calls this)."""
     probs, labels, class_names = _validate(scores, labels, num_classes, class_names, probabilities)
-    n_samples, n_classes = probs.shape
+    n_classes = probs.shape[1]
+    all_labels = list(range(n_classes))
     predicted = probs.argmax(axis=1)
-    confusion = np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-    true_count = confusion.sum(axis=1)
-    pred_count = confusion.sum(axis=0)
-    tp = np.diag(confusion).astype(np.float64)
-    in_refs = true_count > 0
-    in_refs_or_preds = in_refs | (pred_count > 0)
+    present = np.unique(labels)
     notes = []
 
-    precision = _safe_divide(tp, pred_count)
-    recall = _safe_divide(tp, true_count)
-    f1 = _safe_divide(2 * tp, 2 * tp + (pred_count - tp) + (true_count - tp))
-
-    missing = [class_names[c] for c in range(n_classes) if not in_refs[c]]
+    missing = [class_names[c] for c in all_labels if c not in present]
     if missing:
         notes.append(
             f"classes absent from references: {missing}; macro AUROC and balanced accuracy use the "
-            f"{int(in_refs.sum())} present classes, their per_class_recall is NaN"
+            f"{len(present)} present classes, their per_class_recall is NaN"
         )
-
-    # Cohen's kappa = (p_o - p_e) / (1 - p_e), p_e from the marginals.
-    observed = tp.sum() / n_samples
-    expected = float(np.dot(true_count, pred_count)) / n_samples**2
-    if expected >= 1.0:
-        kappa = float("nan")
-        notes.append("cohen_kappa undefined: references and predictions hold a single, identical class")
-    else:
-        kappa = float((observed - expected) / (1.0 - expected))
-
-    # Multi-class MCC (Gorodkin's R_K), 0 when undefined as in scikit-learn.
-    cov_true_pred = tp.sum() * n_samples - np.dot(true_count, pred_count)
-    cov_pred = float(n_samples**2 - np.dot(pred_count, pred_count))
-    cov_true = float(n_samples**2 - np.dot(true_count, true_count))
-    if cov_pred * cov_true == 0:
-        mcc = 0.0
-        notes.append("mcc undefined (a single class in references or predictions); reported as 0")
-    else:
-        mcc = float(cov_true_pred / np.sqrt(cov_pred * cov_true))
-
-    if n_classes == 2:
-        auroc = binary_auroc(labels == 1, probs[:, 1])
-    else:
-        per_class_auroc = [binary_auroc(labels == c, probs[:, c]) for c in range(n_classes) if in_refs[c]]
-        auroc = float(np.mean(per_class_auroc)) if not np.isnan(per_class_auroc).any() else float("nan")
+    with warnings.catch_warnings():
+        # Absent classes and undefined values are reported in `note` instead.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found")
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            labels, predicted, average="macro", zero_division=0
+        )
+        _, class_recall, _, support = precision_recall_fscore_support(
+            labels, predicted, labels=all_labels, average=None, zero_division=0
+        )
+        balanced = balanced_accuracy_score(labels, predicted)
+        if len(np.union1d(present, predicted)) == 1:
+            kappa = float("nan")
+            notes.append("cohen_kappa undefined: references and predictions hold a single, identical class")
+        else:
+            kappa = float(cohen_kappa_score(labels, predicted))
+        if len(present) == 1 or len(np.unique(predicted)) == 1:
+            notes.append("mcc undefined (a single class in references or predictions); reported as 0")
+        mcc = float(matthews_corrcoef(labels, predicted))
+    auroc = _macro_auroc(labels, probs, present)
     if np.isnan(auroc):
         notes.append("macro_auroc undefined: the references hold a single class")
 
     per_class_recall = {
-        name: float(recall[c]) if in_refs[c] else float("nan") for c, name in enumerate(class_names)
+        name: float(class_recall[c]) if support[c] > 0 else float("nan") for c, name in enumerate(class_names)
     }
     return {
-        "accuracy": float(observed),
-        "macro_precision": float(precision[in_refs_or_preds].mean()),
-        "macro_recall": float(recall[in_refs_or_preds].mean()),
-        "macro_f1": float(f1[in_refs_or_preds].mean()),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_precision": float(precision),
+        "macro_recall": float(recall),
+        "macro_f1": float(f1),
         "macro_auroc": auroc,
         "cohen_kappa": kappa,
         "mcc": mcc,
-        "balanced_accuracy": float(recall[in_refs].mean()),
+        "balanced_accuracy": float(balanced),
         "per_class_recall": per_class_recall,
-        "confusion_matrix": confusion.tolist(),
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=all_labels).tolist(),
         "note": "; ".join(notes),
     }
 
