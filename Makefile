@@ -18,13 +18,24 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 test: install
+	$(PY) -m ruff check .
 	$(OFFLINE) $(PY) -m pytest -q tests
+
+# transformers' own common model/config/processor tests, from the installed version's source distribution
+# (fetched once into .cache/; needs PyPI). `make test` never needs them.
+UPSTREAM_CACHE ?= .cache/transformers-src
+.PHONY: test-upstream
+test-upstream: install
+	AMLPF_UPSTREAM_TESTS="$$($(PY) tests/upstream/fetch_transformers_tests.py $(UPSTREAM_CACHE))" && \
+	$(OFFLINE) AMLPF_UPSTREAM_TESTS="$$AMLPF_UPSTREAM_TESTS" $(PY) -m pytest -q -rs -p no:cacheprovider \
+		tests/upstream/common_amlpf.py
 
 demo: install
 	@echo "== AMLPF-CLIP demo on SYNTHETIC H&E-like images with tiny random-init models (no downloads) =="
 	$(OFFLINE) $(PY) train_teacher.py --config configs/demo.yaml
 	$(OFFLINE) $(PY) distill_student.py --config configs/demo.yaml
 	$(OFFLINE) $(PY) -m modeling_amlpf.report outputs/demo
+	$(OFFLINE) $(PY) predict.py --model outputs/demo/student --split_file outputs/demo/student/split.json --output_dir outputs/demo/predictions --max_overlays 16
 
 bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_data.py --json benchmarks/results/bench_data.json

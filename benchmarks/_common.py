@@ -2,7 +2,8 @@
 
 Every figure the benchmarks publish is a ratio against a baseline timed in the same run, because the
 machines they run on are shared: timings are taken in interleaved rounds (each round times every variant
-once), so that a burst of foreign load hits all variants alike, and the median over rounds is reported.
+once, with ``torch.utils.benchmark.Timer``), so that a burst of foreign load hits all variants alike, and the
+median over rounds is reported.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if str(REPO_ROOT) not in sys.path:  # the package is used from the checkout, ins
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
+from torch.utils.benchmark import Timer  # noqa: E402
 
 NO_CUDA = "no CUDA device"
 
@@ -82,30 +84,31 @@ def synchronizer(device: str | torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def time_call(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
-    """Seconds one call of `fn` takes, device work included."""
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
 def interleaved_rounds(
     variants: dict[str, Callable[[], object]],
     rounds: int,
     warmup: int = 1,
-    sync: Callable[[], None] = lambda: None,
+    min_run_time: float = 0.0,
 ) -> dict[str, list[float]]:
-    """Time every variant once per round, rounds after warm-up calls; returns the seconds of each call."""
+    """Seconds per call of every variant, one measurement per variant per round, after ``warmup`` calls each.
+
+    Each measurement is ``torch.utils.benchmark.Timer.blocked_autorange(min_run_time)`` at torch's current
+    thread count (the Timer's default is one thread): the Timer synchronises the accelerator, runs the call
+    once to size its blocks (a slow call: one more warm-up; a fast one: blocks of many calls, so that its own
+    overhead stays below 1e-4), then times blocks until ``min_run_time`` seconds are filled; the round's value
+    is the median seconds per call.
+    """
+    timers = {
+        name: Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), label=name)
+        for name, fn in variants.items()
+    }
     for _ in range(warmup):
         for fn in variants.values():
             fn()
-    sync()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(time_call(fn, sync))
+        for name, timer in timers.items():
+            times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
     return times
 
 
@@ -122,20 +125,6 @@ def summary(times: list[float]) -> dict:
 def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     """Median over rounds of per-round ratios: robust to load that drifts between rounds."""
     return statistics.median(n / d for n, d in zip(numerators, denominators))
-
-
-def matmul_peak_gflops(
-    size: int = 2048, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32
-) -> float:
-    """GFLOP/s of a large square `torch.mm` (2 n^3 FLOPs): the fastest of `repeats` calls after a warm-up,
-    a peak (best case), so that fractions of it are conservative on a shared machine."""
-    sync = synchronizer(device)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-    torch.mm(a, b, out=out)
-    seconds = min(time_call(lambda: torch.mm(a, b, out=out), sync) for _ in range(repeats))
-    return 2.0 * size**3 / seconds / 1e9
 
 
 # ------------------------------------------------------------------------------------------------ environment
@@ -215,7 +204,9 @@ def build_rn50_student(class_names: list[str] | None = None):
         "pad_token_id": tokenizer.pad_token_id,
     }
     student = AmlpfClipForImageClassification(
-        AmlpfClipConfig(timm_model_name="resnet50_clip", projection_dim=1024, text_config=text, class_names=class_names)
+        AmlpfClipConfig(
+            timm_model_name="resnet50_clip", projection_dim=1024, text_config=text, class_names=class_names
+        )
     )
     student.set_prompts(load_prompts("demo", class_names), tokenizer, class_names=class_names)
     return student

@@ -1,21 +1,23 @@
 #!/usr/bin/env python
 """Images per second of one distillation training step, against the sum of its parts timed alone.
 
-The step is the per-batch work of `Trainer`'s training loop on a `DistillationTrainer`, called through the
-Trainer's own methods, without callbacks or logging:
-  training_step (_prepare_inputs; DistillationTrainer.compute_loss: student forward, record_predictions,
-  teacher forward under no_grad, distillation loss; backward) + NaN/Inf loss filter + floating_point_ops
-  + gradient clipping (max_grad_norm) + optimizer.step + lr_scheduler.step + zero_grad.
+The step is the per-batch work of `Trainer`'s training loop on a `DistillationTrainer` with the
+`ClassBalancedResampling` callback, called through public methods, without the other callbacks or logging:
+  training_step (DistillationTrainer.compute_loss: teacher forward under no_grad, student forward with the
+  callback's record of the true-class probabilities, distillation loss; backward) + NaN/Inf loss filter +
+  floating_point_ops + gradient clipping (accelerator.clip_grad_norm_, max_grad_norm) + optimizer.step +
+  lr_scheduler.step + zero_grad.
 The parts, timed alone in the same rounds: teacher forward (no_grad); student forward + CE + distillation
 loss (against fixed teacher logits) + backward + clipping + optimizer/scheduler step + zero_grad in bare
-PyTorch; the resampling bookkeeping (`record_predictions`). overhead_ratio = step / sum_of_parts - 1.
+PyTorch; the resampling bookkeeping (`ClassBalancedResampling.record`). overhead_ratio = step / sum_of_parts - 1.
+Every timing is `torch.utils.benchmark.Timer` (`_common.interleaved_rounds`).
 
 Sizes: `tiny` (the committed presets, 64-pixel views) and `small_real` (a ViT-S/16 teacher with LayerScale
 and the full `resnet50_clip` student at 224 pixels). The loader variant (tiny) feeds the same step from the
-Trainer's own DataLoader over the demo data (`load_histo_dataset("demo")` + `attach_views`). Host syncs:
-`.item()`, `.tolist()`, `bool()`, `float()`, `int()`, `.cpu()` and `.numpy()` on tensors are counted, with
-their call sites, during one step and during real `Trainer.train()` steps (between on_step_begin and
-on_step_end, so logging is excluded).
+Trainer's own DataLoader over the demo data (`load_histo_dataset("demo")` + `training_views.attach_views`).
+Host syncs: `.item()`, `.tolist()`, `bool()`, `float()`, `int()`, `.cpu()` and `.numpy()` on tensors are
+counted, with their call sites, during one step and during real `Trainer.train()` steps (between on_step_begin
+and on_step_end, so logging is excluded). The `teacher_cache` block comes from `bench_teacher_cache.measure`.
 
     python benchmarks/bench_train.py --json benchmarks/results/bench_train.json [--quick] [--device cuda]
 """
@@ -28,10 +30,10 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 
 import _common  # noqa: F401  (offline environment, repository on sys.path)
+import bench_teacher_cache
 import torch
 from _common import (
     REPO_ROOT,
@@ -47,17 +49,17 @@ from _common import (
     setup_threads,
     skip_without_cuda,
     summary,
-    synchronizer,
     write_json,
 )
-from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArguments
 
 from modeling_amlpf import AmlpfImageProcessor, AmlpfTeacherConfig
 from modeling_amlpf.data import DEMO_CLASS_NAMES, load_histo_dataset
 from modeling_amlpf.losses import distillation_loss
 from modeling_amlpf.presets import TINY_PROCESSOR
-from modeling_amlpf.protocol import attach_views
-from modeling_amlpf.trainers import SAMPLE_INDEX, DistillationTrainer
+from modeling_amlpf.resampling import ClassBalancedResampling
+from modeling_amlpf.trainers import SAMPLE_INDEX, DistillationTrainer, training_collator
+from modeling_amlpf.training_views import ViewEpochCallback, attach_views
 
 TEACHER_TINY = REPO_ROOT / "configs" / "models" / "teacher-tiny"
 STUDENT_TINY = REPO_ROOT / "configs" / "models" / "student-tiny"
@@ -65,7 +67,8 @@ TARGET_OVERHEAD = 0.10
 KD_LOSS, KD_WEIGHT = "l2", 1.0
 SYNC_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 SIZES = {
-    "tiny": "teacher-tiny (ViT, width 64, depth 3, 8-px patches) + student-tiny (small resnet*_clip trunk), 64-pixel views",
+    "tiny": "teacher-tiny (ViT, width 64, depth 3, 8-px patches) + student-tiny (small resnet*_clip trunk), "
+            "64-pixel views",
     "small_real": "ViT-S/16 teacher with LayerScale (init_values 1e-5) + full resnet50_clip student "
                   "(OpenAI RN50 image tower, 1024-d), 224-pixel views",
 }
@@ -87,11 +90,9 @@ def build_models(size: str):
     return teacher, student, AmlpfImageProcessor()
 
 
-def demo_train_views(processor: AmlpfImageProcessor):
-    """The demo training split with the multi-view transform, as the training scripts build it."""
-    dd = load_histo_dataset("demo", split_seed=1)
-    dd["train"] = dd["train"].add_column(SAMPLE_INDEX, list(range(len(dd["train"]))))
-    return attach_views(dd, processor)["train"]
+def demo_train_views(processor: AmlpfImageProcessor, seed: int):
+    """The demo training split with its training views, as the training scripts build it."""
+    return attach_views(load_histo_dataset("demo", split_seed=1), processor, seed=seed)["train"]
 
 
 def random_batch(batch: int, views: int, crop: int, num_labels: int, device: str, channels_last: bool, seed: int):
@@ -102,7 +103,7 @@ def random_batch(batch: int, views: int, crop: int, num_labels: int, device: str
     return {
         "pixel_values": pixel_values.to(device),
         "labels": torch.randint(num_labels, (batch,), generator=generator).to(device),
-        SAMPLE_INDEX: torch.arange(batch).to(device),
+        SAMPLE_INDEX: torch.arange(batch).numpy(),  # on the host, as training_collator leaves it
     }
 
 
@@ -186,7 +187,8 @@ class _StepWindow(TrainerCallback):
 
 # ------------------------------------------------------------------------------------------------ the step
 class DistillationStepBench:
-    """A DistillationTrainer ready to step (optimizer, scheduler, resampling sampler), and the parts alone."""
+    """A DistillationTrainer ready to step (optimizer, scheduler, resampling callback watching the student),
+    and the parts alone."""
 
     def __init__(self, teacher, student, train_dataset, args, output_dir: str):
         self.device = "cuda" if args.device == "cuda" else "cpu"
@@ -200,13 +202,15 @@ class DistillationStepBench:
             logging_strategy="no", save_strategy="no", dataloader_num_workers=args.num_workers,
             dataloader_persistent_workers=args.num_workers > 0, learning_rate=1e-4, weight_decay=1e-3,
         )
+        class_names = [student.config.id2label[i] for i in range(student.config.num_labels)]
+        self.resampling = ClassBalancedResampling(class_names, mode="difficulty")
         self.trainer = DistillationTrainer(
             model=student.to(self.device), args=training_args, train_dataset=train_dataset,
-            data_collator=default_data_collator, teacher_model=teacher, kd_loss=KD_LOSS, kd_weight=KD_WEIGHT,
-            resampling="difficulty",
+            data_collator=training_collator, teacher_model=teacher, kd_loss=KD_LOSS, kd_weight=KD_WEIGHT,
+            callbacks=[ViewEpochCallback(), self.resampling],
         )
         self.trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
-        self.trainer._get_train_sampler()  # the ClassBalancedSampler: record_predictions records only with it
+        self.resampling.watch(self.trainer.model)  # what on_train_begin does: record every training forward
         self.trainer.current_gradient_accumulation_steps = 1  # set by the training loop per update
         # Trainer.training_step runs compute_loss (student and teacher forwards, losses) inside this context
         # and the backward outside it: the place for autocast, covering the teacher too.
@@ -221,7 +225,7 @@ class DistillationStepBench:
 
     # The Trainer path -----------------------------------------------------------------------------------
     def step(self, inputs: dict) -> None:
-        """What Trainer._inner_training_loop does per batch (gradient_accumulation_steps=1), minus callbacks."""
+        """What Trainer's training loop does per batch (gradient_accumulation_steps=1), minus callbacks."""
         trainer, args = self.trainer, self.trainer.args
         loss = trainer.training_step(self.model, dict(inputs))
         if args.logging_nan_inf_filter and (torch.isnan(loss) or torch.isinf(loss)):
@@ -230,7 +234,7 @@ class DistillationStepBench:
             self.tr_loss += loss
         trainer.current_flos += float(trainer.floating_point_ops(inputs))
         if args.max_grad_norm > 0:
-            trainer._clip_grad_norm(self.model)
+            trainer.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         self.model.zero_grad()
@@ -258,20 +262,15 @@ class DistillationStepBench:
         trainer.optimizer.zero_grad()
 
     def bookkeeping(self, inputs: dict) -> None:
-        self.trainer._batch_sample_index = inputs[SAMPLE_INDEX]
-        self.trainer.record_predictions(self.fixed["student_logits"], inputs["labels"])
-
-    def clear_records(self) -> None:
-        self.trainer._records.clear()
+        self.resampling.record(self.fixed["student_logits"], inputs["labels"])
 
 
-def measure_step(bench: DistillationStepBench, inputs: dict, rounds: int, sync) -> dict:
+def measure_step(bench: DistillationStepBench, inputs: dict, rounds: int) -> dict:
     """Interleaved rounds of the Trainer step and of each part; syncs counted in a separate step."""
     bench.model.train()
     bench.prepare_parts(inputs)
     with HostSyncCounter() as counter:
         bench.step(inputs)  # also the warm-up of every kernel the parts use
-    sync()
     times = interleaved_rounds(
         {
             "step": lambda: bench.step(inputs),
@@ -279,10 +278,9 @@ def measure_step(bench: DistillationStepBench, inputs: dict, rounds: int, sync) 
             "student_forward_backward_step": lambda: bench.student_update(inputs),
             "bookkeeping": lambda: bench.bookkeeping(inputs),
         },
-        rounds=rounds, warmup=0, sync=sync,
+        rounds=rounds, warmup=0,
     )
     cuda_syncs = cuda_sync_warnings(lambda: bench.step(inputs)) if bench.device == "cuda" else None
-    bench.clear_records()
     parts = [sum(values) for values in zip(*(times[k] for k in times if k != "step"))]
     batch = inputs["labels"].shape[0]
     step_s = summary(times["step"])["median_s"]
@@ -301,14 +299,13 @@ def measure_step(bench: DistillationStepBench, inputs: dict, rounds: int, sync) 
     }
 
 
-def measure_with_loader(bench: DistillationStepBench, inputs: dict, steps: int, rounds: int, sync) -> dict:
+def measure_with_loader(bench: DistillationStepBench, inputs: dict, steps: int, rounds: int) -> dict:
     """The same step fed by the Trainer's DataLoader (demo data, --num_workers) versus by a batch in memory."""
     loader = bench.trainer.get_train_dataloader()
     batches = iter(loader)
 
-    def loader_steps() -> float:
+    def loader_steps() -> None:
         nonlocal batches
-        start = time.perf_counter()
         for _ in range(steps):
             try:
                 batch = next(batches)
@@ -316,30 +313,21 @@ def measure_with_loader(bench: DistillationStepBench, inputs: dict, steps: int, 
                 batches = iter(loader)
                 batch = next(batches)
             bench.step(batch)
-        sync()
-        return time.perf_counter() - start
 
-    def memory_steps() -> float:
-        start = time.perf_counter()
+    def memory_steps() -> None:
         for _ in range(steps):
             bench.step(inputs)
-        sync()
-        return time.perf_counter() - start
 
-    loader_steps()  # start the workers and fill their prefetch queues
-    with_loader, without_loader = [], []
-    for _ in range(rounds):
-        with_loader.append(loader_steps())
-        without_loader.append(memory_steps())
-    bench.clear_records()
+    # the warm-up starts the workers and fills their prefetch queues
+    times = interleaved_rounds({"with_loader": loader_steps, "without_loader": memory_steps}, rounds=rounds, warmup=1)
     images = steps * bench.trainer.args.per_device_train_batch_size
     return {
         "num_workers": bench.trainer.args.dataloader_num_workers,
         "steps_per_round": steps,
         "rounds": rounds,
-        "images_per_second_with_loader": images / statistics.median(with_loader),
-        "images_per_second_without_loader": images / statistics.median(without_loader),
-        "loader_slowdown": median_ratio(with_loader, without_loader),
+        "images_per_second_with_loader": images / statistics.median(times["with_loader"]),
+        "images_per_second_without_loader": images / statistics.median(times["without_loader"]),
+        "loader_slowdown": median_ratio(times["with_loader"], times["without_loader"]),
     }
 
 
@@ -363,11 +351,11 @@ def count_trainer_loop_syncs(bench: DistillationStepBench, steps: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ run
-def run_size(size: str, args, sync, loader: bool, count_loop: bool) -> dict:
+def run_size(size: str, args, loader: bool, count_loop: bool) -> dict:
     teacher, student, processor = build_models(size)
     batch = args.batch = args.batch_tiny if size == "tiny" else args.batch_small_real
     with tempfile.TemporaryDirectory(prefix="amlpf-bench-train-") as output_dir:
-        bench = DistillationStepBench(teacher, student, demo_train_views(processor), args, output_dir)
+        bench = DistillationStepBench(teacher, student, demo_train_views(processor, args.seed), args, output_dir)
         inputs = random_batch(batch, processor.num_views, processor.crop_size, student.config.num_labels,
                               bench.device, args.channels_last, args.seed)
         rounds = args.rounds or (args.rounds_tiny if size == "tiny" else args.rounds_small_real)
@@ -382,9 +370,9 @@ def run_size(size: str, args, sync, loader: bool, count_loop: bool) -> dict:
             "sdpa_attention": {"teacher": attention_kernels(teacher), "student": attention_kernels(student)},
             "rounds": rounds,
         }
-        result.update(measure_step(bench, inputs, rounds, sync))
+        result.update(measure_step(bench, inputs, rounds))
         if loader:
-            result["loader"] = measure_with_loader(bench, inputs, args.loader_steps, args.loader_rounds, sync)
+            result["loader"] = measure_with_loader(bench, inputs, args.loader_steps, args.loader_rounds)
         if count_loop:
             result["trainer_loop"] = count_trainer_loop_syncs(bench, steps=2 if args.quick else 4)
     result["target_met"] = {f"overhead_ratio<={TARGET_OVERHEAD:g}": result["overhead_ratio"] <= TARGET_OVERHEAD}
@@ -394,7 +382,6 @@ def run_size(size: str, args, sync, loader: bool, count_loop: bool) -> dict:
 def run(args) -> dict:
     threads = setup_threads(args.threads)
     env = environment(threads, args.device)  # before the run: the load average at its start
-    sync = synchronizer(args.device)
     sizes = ["tiny"] if args.quick else list(SIZES)
     if args.sizes:
         sizes = args.sizes
@@ -402,16 +389,21 @@ def run(args) -> dict:
     results = {}
     for size in sizes:
         print(f"[bench_train] {size} ...", flush=True)
-        results[size] = run_size(size, args, sync, loader=size == "tiny", count_loop=size == "tiny")
+        results[size] = run_size(size, args, loader=size == "tiny", count_loop=size == "tiny")
+    teacher_cache = None
+    if not args.skip_teacher_cache:
+        print("[bench_train] teacher_cache ...", flush=True)
+        teacher_cache = bench_teacher_cache.measure(quick=args.quick, seed=args.seed)
     return {
         "benchmark": "bench_train",
         "mode": "quick" if args.quick else "full",
         "definitions": {
-            "step": "Trainer per-batch work: training_step (student fwd, record_predictions, teacher fwd under "
-                    "no_grad, KD loss, backward) + NaN/Inf filter + floating_point_ops + grad clipping + "
-                    "optimizer.step + lr_scheduler.step + zero_grad",
-            "sum_of_parts": "teacher forward + student fwd/CE/KD/backward/clip/optimizer step + record_predictions, "
-                            "each timed alone",
+            "step": "Trainer per-batch work: training_step (teacher fwd under no_grad, student fwd with the "
+                    "resampling callback's record, KD loss, backward) + NaN/Inf filter + floating_point_ops + "
+                    "grad clipping + optimizer.step + lr_scheduler.step + zero_grad",
+            "sum_of_parts": "teacher forward + student fwd/CE/KD/backward/clip/optimizer step + "
+                            "ClassBalancedResampling.record, each timed alone",
+            "timing": "torch.utils.benchmark.Timer.blocked_autorange per variant per round, interleaved rounds",
             "overhead_ratio": "median over rounds of step / sum_of_parts - 1 (target <= 0.10; a goal, not asserted)",
             "host_syncs_per_step": "calls of Tensor.item/tolist/__bool__/__float__/__int__/cpu/numpy during one step "
                                    "(on CPU these cost nothing; on CUDA each waits for the device)",
@@ -420,6 +412,7 @@ def run(args) -> dict:
                      "num_workers": args.num_workers, "kd_loss": KD_LOSS, "kd_weight": KD_WEIGHT,
                      "resampling": "difficulty"},
         "results": results,
+        **({"teacher_cache": teacher_cache} if teacher_cache is not None else {}),
         "environment": env,
     }
 
@@ -427,15 +420,20 @@ def run(args) -> dict:
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
     add_device_flags(parser)
-    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), help="default: tiny (quick), tiny small_real (full)")
-    parser.add_argument("--batch_tiny", type=int, default=16, help="images per step at the tiny size (demo config: 16)")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES),
+                        help="default: tiny (quick), tiny small_real (full)")
+    parser.add_argument("--batch_tiny", type=int, default=16,
+                        help="images per step at the tiny size (demo config: 16)")
     parser.add_argument("--batch_small_real", type=int,
-                        help="images per step at small_real, x 9 views (default 2 on cpu, 18 on cuda: the reference's)")
+                        help="images per step at small_real, x 9 views "
+                             "(default 2 on cpu, 18 on cuda: the reference's)")
     parser.add_argument("--rounds_tiny", type=int)
     parser.add_argument("--rounds_small_real", type=int)
     parser.add_argument("--num_workers", type=int, default=0,
                         help="DataLoader workers of the loader variant (default 0, as TrainingArguments and the demo)")
     parser.add_argument("--loader_steps", type=int, default=None, help="steps per timed loader round")
+    parser.add_argument("--skip_teacher_cache", action="store_true",
+                        help="leave out the teacher_cache block (bench_teacher_cache.measure)")
     args = parser.parse_args(argv)
     resolve_device_flags(args)
     cuda = args.device == "cuda"
@@ -470,6 +468,8 @@ def main(argv=None) -> dict:
         if "trainer_loop" in entry:
             syncs = entry["trainer_loop"]["host_syncs_per_step"]
             print(f"{size} Trainer.train() steps: {syncs:.1f} host syncs per step")
+    if "teacher_cache" in payload:
+        bench_teacher_cache.print_block(payload["teacher_cache"])
     write_json(args.json, payload)
     return payload
 

@@ -1,73 +1,142 @@
-"""Command-line arguments of the training scripts: dataclasses for ``HfArgumentParser`` plus YAML configs.
+"""Command-line arguments of the training scripts: dataclasses for ``HfArgumentParser`` plus YAML recipes.
 
-``--config FILE.yaml`` is read first; flags given on the command line override it; values that depend on the
-dataset (output directories, data directory, teacher location) default from ``--dataset``.
+``--config FILE.yaml`` (else ``configs/<dataset>.yaml``) is read first; flags given on the command line override
+it; values that depend on the dataset (output directories, teacher location, student, Hub repo) default from
+``--dataset``. Everything a user can get wrong on the command line is checked in ``parse_script_args``, before
+any data or model is loaded: fixed choices, dataset options, schedules, checkpoints to resume, the output folder,
+the launch (several processes on CPUs) and the split of the global batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.training_args import ParallelMode
 from transformers.utils import logging
+
+from .configuration_amlpf import FUSION_MODES
+from .data import DATASET_NAMES, data_root_tag, default_data_dir
+from .data.layouts import LAYOUTS, breakhis, chaoyang, lunghist700
+from .data.loader import BAD_IMAGE_POLICIES
+from .launch import (
+    available_cpus,
+    has_accelerator,
+    is_main_process,
+    launched_world_size,
+    local_world_size,
+    report_user_error,
+)
+from .losses import KD_LOSSES
+from .prompts import parse_levels
+from .sampling import DEFAULT_MIN_CLASS_SHARE, RESAMPLING_MODES
 
 OUTPUT_ROOT_ENV = "AMLPF_OUTPUT_DIR"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 logger = logging.get_logger(__name__)
+
+TASKS = (*breakhis.TASKS, *lunghist700.TASKS)
+DATASET_TASKS = {"breakhis": breakhis.TASKS, "lunghist700": lunghist700.TASKS}
+# torch dtypes of the frozen teacher and the spellings accepted for each (as in --bf16/--fp16 and torch's names)
+TEACHER_DTYPES = {"bfloat16": ("bf16",), "float16": ("fp16", "half"), "float32": ("fp32", "float")}
+
+DatasetName = Literal[DATASET_NAMES]
+Task = Literal[TASKS]
+Magnification = Literal[breakhis.MAGNIFICATIONS]
+Resolution = Literal[lunghist700.RESOLUTIONS]
+Protocol = Literal[chaoyang.PROTOCOLS]
+BadImagePolicy = Literal[BAD_IMAGE_POLICIES]
+Fusion = Literal[FUSION_MODES]
+Resampling = Literal[RESAMPLING_MODES]
+KdLoss = Literal[KD_LOSSES]
+TeacherDtype = Literal[tuple(TEACHER_DTYPES)]
 
 
 @dataclass
 class DataArguments:
     """Which dataset, where it lives on disk, and how it is split."""
 
-    dataset: str | None = field(
-        default=None, metadata={"help": "Required: chaoyang, breakhis, lunghist700, imagefolder or demo (synthetic)."}
+    dataset: DatasetName | None = field(
+        default=None,
+        metadata={"help": "Required (any letter case): chaoyang, breakhis, lunghist700, imagefolder or demo "
+                          "(synthetic)."},
     )
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "Dataset root. Default: $AMLPF_DATA_DIR/<dataset>, else data/<dataset> (demo: a local cache)."},
+        metadata={
+            "help": "Dataset root. Default: $AMLPF_DATA_DIR/<dataset>, else data/<dataset> (demo: a local cache)."
+        },
     )
-    task: str | None = field(
-        default=None, metadata={"help": "Label set: breakhis 'binary'; lunghist700 '3class' (default) or '7class'."}
+    task: Task | None = field(
+        default=None, metadata={"help": "Label set: breakhis 8class (default) or binary; lunghist700 3class (default) "
+                                        "or 7class."}
     )
-    magnification: str | None = field(default=None, metadata={"help": "BreaKHis magnification filter, e.g. 40X."})
-    resolution: str | None = field(default=None, metadata={"help": "LungHist700 resolution filter: 20x or 40x."})
-    protocol: str | None = field(
-        default=None, metadata={"help": "Chaoyang: 'official' test split (default) or 'resplit' (group-disjoint)."}
+    magnification: Magnification | None = field(
+        default=None, metadata={"help": "BreaKHis magnification filter (40X, 40x and 40 all work)."}
+    )
+    resolution: Resolution | None = field(default=None, metadata={"help": "LungHist700 resolution filter."})
+    protocol: Protocol | None = field(
+        default=None,
+        metadata={"help": "Chaoyang: 'resplit' (group-disjoint by slide, default) or 'official' (its own test set)."},
     )
     groups_csv: str | None = field(default=None, metadata={"help": "imagefolder: CSV with columns path,group."})
     split_seed: int = field(default=1, metadata={"help": "Seed of the group-disjoint split (1..10 in the paper)."})
     split_seeds: str | None = field(
         default=None, metadata={"help": "Run several splits one after another, e.g. '1-10' or '1,3,5'."}
     )
-    test_fraction: float | None = field(default=None, metadata={"help": "Share of images in the test part (whole groups are assigned)."})
-    val_fraction: float | None = field(default=None, metadata={"help": "Share of images in the validation part (whole groups are assigned)."})
+    test_fraction: float | None = field(
+        default=None, metadata={"help": "Share of images in the test part (whole groups are assigned)."}
+    )
+    val_fraction: float | None = field(
+        default=None, metadata={"help": "Share of images in the validation part (whole groups are assigned)."}
+    )
     split_file: str | None = field(default=None, metadata={"help": "A split.json exported by an earlier run."})
     train_split_file: str | None = field(default=None, metadata={"help": "Reference-style '<path> <label>' lines."})
     validation_split_file: str | None = field(default=None, metadata={"help": "Reference-style validation lines."})
     test_split_file: str | None = field(default=None, metadata={"help": "Reference-style test lines."})
-    on_bad_image: str = field(default="error", metadata={"help": "'error' (default) or 'skip' unreadable images."})
+    external_cohort: bool = field(
+        default=False,
+        metadata={"help": "Evaluate a trained model (--do_train False --model_name_or_path DIR) on every image of "
+                          "--data_dir, without a split (e.g. another hospital's cohort)."},
+    )
+    class_map: str | None = field(
+        default=None,
+        metadata={"help": "Data class name -> model class name for an evaluation: 'a=b,c=d' or a YAML/JSON file."},
+    )
+    on_bad_image: BadImagePolicy = field(
+        default="error", metadata={"help": "Unreadable images stop the load (error) or are left out (skip)."}
+    )
     prompts_file: str | None = field(
-        default=None, metadata={"help": "Prompts YAML (three levels per class); default: the dataset's bundled prompts."}
+        default=None,
+        metadata={"help": "Prompts YAML (three levels per class); default: the dataset's bundled prompts."},
     )
 
     def dataset_options(self) -> dict:
         options = {}
-        for name in ("task", "magnification", "resolution", "protocol", "groups_csv", "test_fraction", "val_fraction", "split_file"):
+        names = ("task", "magnification", "resolution", "protocol", "groups_csv", "test_fraction", "val_fraction")
+        for name in (*names, "split_file"):
             value = getattr(self, name)
             if value is not None:
                 options[name] = value
-        parts = {"train": self.train_split_file, "validation": self.validation_split_file, "test": self.test_split_file}
+        parts = {
+            "train": self.train_split_file, "validation": self.validation_split_file, "test": self.test_split_file
+        }
         if any(parts.values()):
             if not (parts["train"] and parts["test"]):
-                raise ValueError("--train_split_file and --test_split_file go together (--validation_split_file is optional)")
+                raise ValueError(
+                    "--train_split_file and --test_split_file go together (--validation_split_file is optional)"
+                )
             options["split_files"] = {k: v for k, v in parts.items() if v}
         return options
 
@@ -83,17 +152,21 @@ class TeacherArguments:
     """The teacher model (UNI: timm ViT-L/16 + MLP head)."""
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "An existing teacher checkpoint (dir or Hub id) to evaluate or fine-tune further."}
+        default=None,
+        metadata={"help": "An existing teacher checkpoint (dir or Hub id) to evaluate or fine-tune further."},
     )
     teacher_config: str | None = field(
-        default=None, metadata={"help": "A config dir/file of the architecture, e.g. configs/models/teacher-tiny."}
+        default=None,
+        metadata={"help": "A config dir/file of the architecture, e.g. configs/models/teacher-tiny. Given on the "
+                          "command line, it replaces the recipe's teacher_backbone/teacher_weights."},
     )
     teacher_backbone: str | None = field(
         default=None,
         metadata={"help": "Pretrained backbone: 'hf-hub:MahmoodLab/uni' (gated), another timm name or Hub id."},
     )
     teacher_weights: str | None = field(
-        default=None, metadata={"help": "Local backbone weights: UNI's pytorch_model.bin (state dict) or .safetensors."}
+        default=None,
+        metadata={"help": "Local backbone weights: UNI's pytorch_model.bin (state dict) or .safetensors."},
     )
     head_dropout: float | None = field(default=None, metadata={"help": "Dropout in the MLP head."})
 
@@ -103,41 +176,95 @@ class StudentArguments:
     """The CLIP student and the AMLPF-CLIP recipe (fusion, resampling, distillation)."""
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "An existing student checkpoint to evaluate (with --do_train False --do_predict)."}
+        default=None,
+        metadata={"help": "An existing student checkpoint to evaluate (with --do_train False --do_predict)."},
     )
     student_model: str | None = field(
         default=None,
-        metadata={"help": "Student to start from: a converted OpenAI/open_clip RN50 dir, an HF CLIP id/dir (PLIP...), or a preset."},
+        metadata={
+            "help": "Student to start from: a converted OpenAI/open_clip RN50 dir, an HF CLIP id/dir (PLIP...), "
+            "or a preset."
+        },
     )
     teacher_model: str | None = field(
         default=None, metadata={"help": "Trained teacher (dir or Hub id). Default: <output root>/<dataset>/teacher."}
     )
-    teacher_dtype: str | None = field(
-        default=None, metadata={"help": "Load the frozen teacher in this dtype (e.g. bfloat16) to halve its memory on GPUs."}
+    teacher_dtype: TeacherDtype | None = field(
+        default=None,
+        metadata={"help": "Load the frozen teacher in this dtype to halve its memory on GPUs: bfloat16 (bf16), "
+                          "float16 (fp16, half) or float32 (fp32, float)."},
     )
-    fusion: str | None = field(default=None, metadata={"help": "'learned' (paper) or 'softmax'."})
-    prompt_levels: str | None = field(default=None, metadata={"help": "Comma list of label,basic,detailed."})
+    fusion: Fusion | None = field(default=None, metadata={"help": "Prompt-level fusion: learned (paper) or softmax."})
+    prompt_levels: str | None = field(
+        default=None, metadata={"help": "Comma list of prompt levels out of label,basic,detailed."}
+    )
     train_logit_scale: bool | None = field(default=None, metadata={"help": "Train CLIP's logit scale too."})
-    resampling: str = field(
-        default="difficulty", metadata={"help": "none, difficulty (reference) or difficulty_inverse_frequency (paper text)."}
+    resampling: Resampling = field(
+        default="difficulty",
+        metadata={"help": "none, difficulty (reference) or difficulty_inverse_frequency (paper text)."},
     )
     resample_gamma: float = field(default=2.0, metadata={"help": "Exponent gamma of (1 - p)^gamma."})
-    kd_loss: str = field(default="l2", metadata={"help": "l2 (reference: Frobenius norm), l2_per_sample, mse or kl."})
-    kd_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term; 0 disables the teacher."})
+    min_class_share: float = field(
+        default=DEFAULT_MIN_CLASS_SHARE,
+        metadata={
+            "help": "Each class keeps at least min_class_share / K of an epoch's draws (K classes), so a class is "
+            "never starved; 0 restores the reference formula exactly."
+        },
+    )
+    kd_loss: KdLoss = field(
+        default="l2", metadata={"help": "l2 (reference: Frobenius norm over the batch), l2_per_sample, mse or kl."}
+    )
+    kd_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the distillation term; 0 disables the teacher."}
+    )
     kd_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the distillation term."})
-    do_zero_shot: bool = field(default=False, metadata={"help": "Evaluate the untrained student (prompts only) on test first."})
+    teacher_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Reuse the frozen teacher's logits of training views it has seen (exact; distillation only)."
+        },
+    )
+    teacher_cache_max_mb: float | None = field(
+        default=None, metadata={"help": "Bound on the teacher cache's memory in MB (default: no bound)."}
+    )
+    do_zero_shot: bool = field(
+        default=False, metadata={"help": "Evaluate the untrained student (prompts only) on test first."}
+    )
 
 
 @dataclass
 class RunArguments:
-    """Schedule and protocol options shared by both scripts."""
+    """Recipe file, schedule, batch and output options shared by both scripts."""
 
+    config: str | None = field(
+        default=None,
+        metadata={"help": "YAML recipe: shared keys plus teacher:/student: sections, keys are flag names. Default "
+                          "configs/<dataset>.yaml when it exists; 'none' skips it. Flags override it."},
+    )
     lr_schedule: str | None = field(
         default=None,
         metadata={"help": "Epoch-step learning rates, 1-based epochs: '1:3e-4,2:1e-4,20:5e-5' (the paper's teacher)."},
     )
+    global_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Images per optimiser step over all processes and accumulation steps (the paper's batch: "
+                          "24 teacher, 18 student); sets per_device_train_batch_size = global / (processes x "
+                          "gradient_accumulation_steps), which must divide."},
+    )
     output_root: str | None = field(
         default=None, metadata={"help": "Root of the default output dirs (default $AMLPF_OUTPUT_DIR or outputs)."}
+    )
+    weight_decay_all_parameters: bool = field(
+        default=True,
+        metadata={
+            "help": "Apply --weight_decay to every parameter, biases and norms included, as the reference (False: "
+            "the Trainer's rule, no decay on biases and LayerNorm weights)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into a non-empty --output_dir from scratch. Without it, a checkpoint there is "
+                          "resumed and other contents are refused."},
     )
 
 
@@ -147,9 +274,26 @@ def run_name(args) -> str:
     return "-".join(str(p).lower() for p in parts)
 
 
+def output_name(args) -> str:
+    """The run's folder under the output root: ``run_name``, and for ``imagefolder`` the data root's tag
+    (``imagefolder-<folder>-<hash>``), so that two cohorts never share output folders or teachers."""
+    if args.dataset == "imagefolder":
+        return f"imagefolder-{data_root_tag(args.data_dir or default_data_dir('imagefolder'))}"
+    return run_name(args)
+
+
 def output_root(args) -> Path:
     """``--output_root``, else ``$AMLPF_OUTPUT_DIR``, else ``outputs`` (works on a namespace too)."""
     return Path(getattr(args, "output_root", None) or os.environ.get(OUTPUT_ROOT_ENV, "outputs"))
+
+
+def default_hub_model_id(args, role: str) -> str | None:
+    """``amlpf-<run>-<role>`` (e.g. ``amlpf-lunghist700-teacher``) when the run pushes to the Hub, else None:
+    a distinct repository per dataset, task and role, not the output folder's name (``teacher``)."""
+    if not getattr(args, "push_to_hub", False):
+        return None
+    name = re.sub(r"[^A-Za-z0-9]+", "-", f"amlpf-{output_name(args)}-{role}").strip("-")
+    return name[:96].strip("-")
 
 
 # Protocol defaults of both scripts (a YAML config or a flag overrides each).
@@ -164,9 +308,9 @@ PROTOCOL_DEFAULTS = {
     "metric_for_best_model": "macro_f1",
     "greater_is_better": True,
     "save_total_limit": 2,
-    "remove_unused_columns": False,
     "report_to": "none",
     "logging_nan_inf_filter": False,  # the filter costs a host sync every step
+    "restore_callback_states_from_checkpoint": True,  # the resampling state (weights, history) on resume
 }
 
 
@@ -210,93 +354,459 @@ def parse_lr_schedule(text: str) -> list[tuple[int, float]]:
 
 
 SCRIPT_SECTIONS = ("teacher", "student")
+IGNORED_CONFIG_KEYS = ("paper_results",)  # published numbers kept beside the settings (read by the report)
 
 
-def read_config(path: str | Path, section: str) -> dict:
+def read_config(path: str | Path, section: str, allowed: set[str] | None = None) -> dict:
     """A YAML config's values for one script: the top-level keys (shared: dataset, split, seed...) updated by
-    the ``teacher:`` or ``student:`` section, so one file per dataset serves both scripts."""
+    the ``teacher:`` or ``student:`` section, so one file per dataset serves both scripts. A top-level
+    ``paper_results:`` block is not a setting and is skipped. Keys outside ``allowed`` are an error naming them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of flag names to values")
-    merged = {k: v for k, v in values.items() if k not in SCRIPT_SECTIONS}
+    merged = {k: v for k, v in values.items() if k not in SCRIPT_SECTIONS and k not in IGNORED_CONFIG_KEYS}
     own = values.get(section) or {}
     if not isinstance(own, dict):
         raise ValueError(f"{path}: the '{section}:' section must be a mapping of flag names to values")
     merged.update(own)
+    unknown = sorted(set(merged) - allowed) if allowed is not None else []
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown keys {unknown} for the {section} script; keys are flag names without '--' "
+            f"(script-specific ones go under '{section}:')"
+        )
     return merged
 
 
-def parse_cli(arg_types: tuple, argv: list[str] | None, derived_defaults, section: str) -> tuple:
-    """Parse ``argv`` into ``arg_types`` dataclasses (the last one being ``TrainingArguments``).
+# ------------------------------------------------------------------------------------------ fixed choices
+def _choice(choices: tuple[str, ...], aliases: dict[str, str] | None = None, canonical=str.lower, shown=None):
+    """An argparse ``type`` for a fixed set of values: any letter case, aliases mapped to their value; anything
+    else fails at parse time with the valid values named."""
+    aliases = aliases or {}
+    by_key = {canonical(c): c for c in choices}
 
-    ``--config FILE.yaml`` supplies defaults (see ``read_config``; unknown keys are an error naming them);
-    command-line flags win; ``derived_defaults(namespace) -> dict`` supplies dataset-dependent defaults for
-    whatever neither set.
+    def convert(value):
+        key = canonical(str(value).strip())
+        key = aliases.get(key, key)
+        if key in by_key:
+            return by_key[key]
+        raise argparse.ArgumentTypeError(f"invalid choice {value!r}; valid values: {shown or ', '.join(choices)}")
+
+    return convert
+
+
+def _magnification_key(value: str) -> str:
+    value = value.upper()
+    return value if value.endswith("X") else f"{value}X"
+
+
+def _resolution_key(value: str) -> str:
+    value = value.lower()
+    return value if value.endswith("x") else f"{value}x"
+
+
+def _prompt_levels(value) -> str:
+    """'detailed, label' -> 'label,detailed' (canonical order); unknown, empty or repeated levels fail."""
+    try:
+        return ",".join(parse_levels(value))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+CHOICE_TYPES = {
+    "dataset": _choice(DATASET_NAMES),
+    "task": _choice(TASKS),
+    "magnification": _choice(breakhis.MAGNIFICATIONS, canonical=_magnification_key),
+    "resolution": _choice(lunghist700.RESOLUTIONS, canonical=_resolution_key),
+    "protocol": _choice(chaoyang.PROTOCOLS),
+    "on_bad_image": _choice(BAD_IMAGE_POLICIES),
+    "fusion": _choice(FUSION_MODES),
+    "resampling": _choice(RESAMPLING_MODES),
+    "kd_loss": _choice(KD_LOSSES),
+    "teacher_dtype": _choice(
+        tuple(TEACHER_DTYPES),
+        aliases={alias: name for name, spellings in TEACHER_DTYPES.items() for alias in spellings},
+        shown=", ".join(f"{name} ({', '.join(spellings)})" for name, spellings in TEACHER_DTYPES.items()),
+    ),
+    "prompt_levels": _prompt_levels,
+}
+DATASET_OPTION_FLAGS = ("task", "magnification", "resolution", "protocol", "groups_csv")
+
+USAGE = "%(prog)s --dataset NAME [--config FILE.yaml|none] [--FLAG VALUE ...]   (-h lists every flag)"
+DESCRIPTION = (
+    "Values, lowest precedence first: the script's protocol defaults; the recipe (--config FILE.yaml, else "
+    "configs/<dataset>.yaml when it exists; --config none skips it); the flags given here. Defaults that depend "
+    "on the dataset (output folders, teacher, student, Hub repo) fill what is still unset. Every "
+    "transformers.TrainingArguments flag works."
+)
+
+
+class ScriptArgumentParser(HfArgumentParser):
+    """``HfArgumentParser`` whose fixed-choice flags accept any letter case (and dtype aliases), with a short
+    usage line, and whose errors print once per ``accelerate launch`` run (``launch.report_user_error``)."""
+
+    def __init__(self, dataclass_types, **kwargs):
+        kwargs.setdefault("usage", USAGE)
+        kwargs.setdefault("description", DESCRIPTION)
+        super().__init__(dataclass_types, **kwargs)
+        for action in self._actions:  # HfArgumentParser sets `type` itself; ours normalises before `choices`
+            if action.dest in CHOICE_TYPES:
+                action.type = CHOICE_TYPES[action.dest]
+
+    def error(self, message):
+        usage = self.format_usage() if is_main_process() else ""
+        report_user_error(f"{usage}{self.prog}: error: {message}")
+        sys.exit(2)
+
+    def given_flags(self, argv: list[str]) -> dict:
+        """The flags given in ``argv`` and their (converted, checked) values; ``-h`` prints the help and exits."""
+        unset = object()
+        probe = argparse.Namespace(**{a.dest: unset for a in self._actions if a.dest != argparse.SUPPRESS})
+        namespace, _ = self.parse_known_args(argv, namespace=probe)
+        return {k: v for k, v in vars(namespace).items() if v is not unset}
+
+
+# ---------------------------------------------------------------------------------------------- the parse
+class _Sources(dict):
+    """Where each value came from, for the effective-arguments log: later steps overwrite earlier ones."""
+
+    def mark(self, names, source: str):
+        for name in names:
+            self[name] = source
+
+
+def parse_script_args(
+    model_arguments: type, section: str, argv: list[str] | None, derived_defaults, defaults: dict | None = None
+) -> tuple:
+    """``(DataArguments, model_arguments, RunArguments, TrainingArguments)`` of a training script.
+
+    Defaults, lowest first: ``PROTOCOL_DEFAULTS`` and the script's own ``defaults``; the recipe (``--config``,
+    else ``configs/<dataset>.yaml`` when it exists; ``--config none`` skips it; see ``read_config``); then the
+    command line wins. What none of them set and depends on the dataset comes from
+    ``derived_defaults(namespace) -> dict`` (output and teacher directories, the student, the Hub repo), applied
+    to the arguments that are still None. Recipe values go through the parser's own defaults
+    (``set_defaults``), so they keep their types; choices are checked for recipe values and flags alike.
+
+    Then, before the dataclasses are built: a teacher architecture chosen on the command line drops the
+    recipe's pretrained backbone; ``--resume_from_checkpoint`` must name a checkpoint, a checkpoint in the
+    output folder is resumed and other contents are refused unless ``--overwrite_output_dir``; a multi-process
+    launch on a machine without an accelerator trains data-parallel on CPUs (``use_cpu``); pinned memory and
+    DataLoader workers fit the machine. After: ``global_train_batch_size`` is split over the processes and
+    accumulation steps. Each mistake exits with status 2 and one message (``ScriptArgumentParser.error``); the
+    recipe used and the effective arguments are logged.
+
+    Why not ``HfArgumentParser.parse_yaml_file``/``parse_dict``: they build the dataclasses from a file alone,
+    so the file could neither sit below the command line nor have per-script sections without filtering
+    ``argv`` by hand; the file's keys are checked against the same dataclass fields that they would check.
     """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    pre.add_argument("--dataset", default=None)
-    known, _ = pre.parse_known_args(argv)
-    rest = _drop_flag(list(sys.argv[1:] if argv is None else argv), "--config")
-    if known.config is None and known.dataset:
-        bundled = CONFIG_DIR / f"{known.dataset}.yaml"
-        if bundled.is_file():
-            logger.warning(f"using {bundled} (the paper's settings for {known.dataset}); --config none skips it")
-            known.config = str(bundled)
-    if known.config and known.config.lower() == "none":
-        known.config = None
-    parser = HfArgumentParser(arg_types)
-    dests = {action.dest for action in parser._actions}
-    config_values: dict = {}
-    if known.config:
-        config_values = read_config(known.config, section)
-        unknown = sorted(set(config_values) - dests)
-        if unknown:
-            raise ValueError(
-                f"{known.config}: unknown keys {unknown} for the {section} script; keys are flag names without '--' "
-                f"(script-specific ones go under '{section}:')"
-            )
-        parser.set_defaults(**config_values)
-    if "--dataset" not in rest and not any(a.startswith("--dataset=") for a in rest) and "dataset" not in config_values:
+    types = (DataArguments, model_arguments, RunArguments, TrainingArguments)
+    fields = {f.name for t in types for f in dataclasses.fields(t) if f.init}
+    parser = ScriptArgumentParser(types)
+    baseline = vars(parser.parse_known_args([])[0])  # the dataclasses' own defaults, as the parser converts them
+    script_defaults = {**PROTOCOL_DEFAULTS, **(defaults or {})}
+    parser.set_defaults(**script_defaults)
+    sources = _Sources.fromkeys(script_defaults, "script")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = parser.given_flags(argv)  # -h exits here, before anything needs --dataset; bad choices too
+    notes: list[str] = []
+
+    # The recipe
+    config, recipe_note = _recipe_path(given)
+    recipe = {}
+    if config is not None:
+        try:
+            recipe = read_config(config, section, set(fields))
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
+        recipe = _checked_recipe(parser, config, recipe)
+        _drop_recipe_backbone(recipe, given, notes)
+        parser.set_defaults(**recipe)
+        sources.mark(recipe, "recipe")
+    namespace = parser.parse_args(argv)
+    sources.mark(given, "flag")
+    if not namespace.dataset:
         parser.error("--dataset is required (or set 'dataset:' in --config FILE.yaml)")
-    namespace, _ = parser.parse_known_args(rest)
-    given = set(config_values) | {a[2:].split("=")[0] for a in rest if a.startswith("--")}
-    defaults = {k: v for k, v in derived_defaults(namespace).items() if k not in given}
-    parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(rest, look_for_args_file=False)
+    _check_dataset_options(parser, namespace)
+    derived = {k: v for k, v in derived_defaults(namespace).items() if getattr(namespace, k) is None}
+    for name, value in derived.items():
+        setattr(namespace, name, value)
+    sources.mark((k for k, v in derived.items() if v is not None), "derived")
+
+    # Checks and corrections before TrainingArguments sets up the devices
+    _check_schedules(parser, namespace)
+    _check_output_dir(parser, namespace, sources, notes)
+    _fit_machine(namespace, sources, notes)
+    global_batch = _global_batch(parser, namespace, given, recipe, config, notes)
+
+    data_args, model_args, run_args, training_args = _build(parser, types, namespace)
+    _check_distributed(parser, training_args)
+    if global_batch is not None:
+        _split_global_batch(parser, training_args, global_batch, notes)
+        namespace.per_device_train_batch_size = training_args.per_device_train_batch_size
+        sources["per_device_train_batch_size"] = "auto"
+    _note_kd_scaling(model_args, training_args, notes)
+    if is_main_process():
+        logger.info(recipe_note)
+        for note in notes:
+            logger.info(note)
+        logger.info(_effective_arguments(namespace, baseline, sources))
+    return data_args, model_args, run_args, training_args
 
 
-def setup_cli(model_arguments: type, argv, derived_defaults, section: str):
-    """Parse a script's arguments (data, model, run, TrainingArguments), configure logging, and read the
-    learning-rate schedule: the start every training script shares."""
-    import logging as std_logging
+def _recipe_path(given: dict) -> tuple[str | None, str]:
+    """The recipe file to read (or None) and the line that says which one applies."""
+    config, dataset = given.get("config"), given.get("dataset")
+    if config is not None and config.lower() == "none":
+        return None, "Recipe: none (--config none): flags and TrainingArguments' own defaults apply"
+    if config is not None:
+        return config, f"Recipe: {config} (--config); flags override it"
+    if dataset and (CONFIG_DIR / f"{dataset}.yaml").is_file():
+        path = str(CONFIG_DIR / f"{dataset}.yaml")
+        return path, f"Recipe: {path} (the paper's settings for {dataset}); flags override it, --config none skips it"
+    where = f"no configs/{dataset}.yaml" if dataset else "no --dataset on the command line"
+    return None, f"Recipe: none ({where}): flags and TrainingArguments' own defaults apply"
 
-    import transformers
 
-    data_args, model_args, run_args, training_args = parse_cli(
-        (DataArguments, model_arguments, RunArguments, TrainingArguments), argv, derived_defaults, section
+def _checked_recipe(parser: ScriptArgumentParser, config: str, recipe: dict) -> dict:
+    """The recipe's values of fixed-choice flags, checked and normalised as the same flags would be."""
+    checked = dict(recipe)
+    for name, value in recipe.items():
+        if name in CHOICE_TYPES and value is not None:
+            value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            try:
+                checked[name] = CHOICE_TYPES[name](value)
+            except argparse.ArgumentTypeError as error:
+                parser.error(f"{config}: {name}: {error}")
+    return checked
+
+
+def _drop_recipe_backbone(recipe: dict, given: dict, notes: list[str]) -> None:
+    """A teacher architecture chosen on the command line (``--teacher_config``, ``--model_name_or_path``)
+    wins over the recipe's pretrained backbone, which belongs to the recipe's architecture (UNI's ViT-L/16)."""
+    chosen = [f"--{name}" for name in ("teacher_config", "model_name_or_path") if name in given]
+    if not chosen:
+        return
+    for name in ("teacher_backbone", "teacher_weights"):
+        if name in recipe and name not in given:
+            notes.append(
+                f"{' and '.join(chosen)} given: the recipe's {name} ({recipe.pop(name)}) does not apply; "
+                f"pass --{name} to use one with this architecture"
+            )
+
+
+def _check_dataset_options(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:
+    accepted = set(LAYOUTS[ns.dataset].options) if ns.dataset in LAYOUTS else set()
+    own = [f"--{name}" for name in DATASET_OPTION_FLAGS if name in accepted]
+    for name in DATASET_OPTION_FLAGS:
+        if getattr(ns, name) is not None and name not in accepted:
+            options = f"its options: {', '.join(own)}" if own else "it takes none of these options"
+            parser.error(f"--{name} does not apply to --dataset {ns.dataset}; {options}")
+    tasks = DATASET_TASKS.get(ns.dataset, ())
+    if ns.task is not None and ns.task not in tasks:
+        parser.error(f"--task {ns.task} does not apply to --dataset {ns.dataset}; its tasks: {', '.join(tasks)}")
+
+
+def _check_schedules(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:
+    try:
+        if ns.lr_schedule:
+            parse_lr_schedule(ns.lr_schedule)
+        if ns.split_seeds:
+            parse_seeds(ns.split_seeds)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _check_output_dir(parser: ScriptArgumentParser, ns: argparse.Namespace, sources: _Sources, notes: list[str]):
+    """As the Hugging Face example scripts: resume the last checkpoint of the output folder, refuse other
+    contents unless ``--overwrite_output_dir``; a ``--resume_from_checkpoint`` that is no checkpoint fails here."""
+    if not ns.do_train or not ns.output_dir:
+        return
+    out = Path(ns.output_dir)
+    resume = ns.resume_from_checkpoint
+    if resume is not None:
+        text = str(resume).strip()
+        if text.lower() in ("", "false", "none"):
+            ns.resume_from_checkpoint = None
+        elif ns.split_seeds and len(parse_seeds(ns.split_seeds)) > 1:
+            parser.error("--resume_from_checkpoint resumes one run; with --split_seeds run the unfinished split "
+                         "alone (--split_seed K --output_dir <output_dir>/split_K --resume_from_checkpoint ...)")
+        elif text.lower() == "true":
+            last = get_last_checkpoint(str(out)) if out.is_dir() else None
+            if last is None:
+                parser.error(f"--resume_from_checkpoint True: --output_dir {out} holds no checkpoint-<step> folder")
+            ns.resume_from_checkpoint = _checked_checkpoint(parser, last)
+            sources["resume_from_checkpoint"] = "auto"
+        else:
+            ns.resume_from_checkpoint = _checked_checkpoint(parser, text)
+        if ns.resume_from_checkpoint is not None:
+            return
+    if ns.overwrite_output_dir or not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    last = None if ns.split_seeds else get_last_checkpoint(str(out))
+    if last is None:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        parser.error(
+            f"--output_dir {out} already exists and is not empty ({shown}) and holds no checkpoint to resume: pass "
+            "--overwrite_output_dir to train into it from scratch, or choose another --output_dir"
+        )
+    ns.resume_from_checkpoint = _checked_checkpoint(parser, last)
+    sources["resume_from_checkpoint"] = "auto"
+    notes.append(
+        f"Checkpoint detected, resuming training at {last}. To avoid this behavior, change the `--output_dir` or "
+        "add `--overwrite_output_dir` to train from scratch."
     )
-    std_logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=std_logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
-    return data_args, model_args, run_args, training_args, lr_schedule
 
 
-def _drop_flag(argv: list[str], flag: str) -> list[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == flag:
-            skip = True
-        elif not arg.startswith(flag + "="):
-            out.append(arg)
-    return out
+def _checked_checkpoint(parser: ScriptArgumentParser, path: str) -> str:
+    """``path`` when it is a Trainer checkpoint (a folder with trainer_state.json), else the reason it is not."""
+    folder = Path(path)
+    if not folder.is_dir():
+        parser.error(f"--resume_from_checkpoint {path}: no such folder")
+    if not (folder / TRAINER_STATE_NAME).is_file():
+        inner = get_last_checkpoint(str(folder))
+        hint = (
+            f"it holds checkpoint folders; the last is {inner}" if inner else
+            "a checkpoint is one of the checkpoint-<step> folders that training writes into --output_dir (it may "
+            "also have stopped while this one was being saved)"
+        )
+        parser.error(f"--resume_from_checkpoint {path} is not a Trainer checkpoint (no {TRAINER_STATE_NAME}): {hint}")
+    return str(folder)
 
 
-def with_output_dir(training_args: TrainingArguments, output_dir: str | Path) -> TrainingArguments:
-    """A copy of the training arguments writing to another directory (one per split)."""
-    return dataclasses.replace(training_args, output_dir=str(output_dir))
+def _fit_machine(ns: argparse.Namespace, sources: _Sources, notes: list[str]) -> None:
+    """Settings that must match the machine before TrainingArguments sets up the devices."""
+    processes = launched_world_size()
+    accelerator = has_accelerator()
+    if processes > 1 and not ns.use_cpu and not accelerator:
+        # accelerate starts gloo only with cpu=True; otherwise every process would train alone on all the data
+        ns.use_cpu = True
+        sources["use_cpu"] = "auto"
+        notes.append(
+            f"{processes} processes launched on a machine without an accelerator: use_cpu=True, so that they train "
+            "data-parallel on CPUs (gloo) instead of as independent copies"
+        )
+    if ns.dataloader_pin_memory and (ns.use_cpu or not accelerator):
+        ns.dataloader_pin_memory = False  # pinned memory only helps copies to an accelerator (and warns without)
+        sources["dataloader_pin_memory"] = "auto"
+    cpus, local = available_cpus(), local_world_size()
+    if ns.dataloader_num_workers > cpus // local:
+        notes.append(
+            f"dataloader_num_workers {ns.dataloader_num_workers} lowered to {cpus // local}: this machine has {cpus} "
+            f"CPU core(s) for {local} process(es)"
+        )
+        ns.dataloader_num_workers = cpus // local
+        sources["dataloader_num_workers"] = "auto"
+
+
+def _global_batch(parser, ns, given: dict, recipe: dict, config, notes: list[str]) -> int | None:
+    """The global batch to split, or None when the per-device batch is set directly."""
+    if ns.global_train_batch_size is None:
+        return None
+    if "per_device_train_batch_size" in given:
+        if "global_train_batch_size" in given:
+            parser.error("give --global_train_batch_size or --per_device_train_batch_size, not both")
+        notes.append(
+            f"--per_device_train_batch_size {ns.per_device_train_batch_size} given: the recipe's "
+            f"global_train_batch_size {ns.global_train_batch_size} does not apply"
+        )
+        ns.global_train_batch_size = None
+        return None
+    if "global_train_batch_size" not in given and "per_device_train_batch_size" in recipe:
+        parser.error(f"{config} sets both global_train_batch_size and per_device_train_batch_size; keep one")
+    if ns.global_train_batch_size < 1:
+        parser.error(f"--global_train_batch_size must be positive, got {ns.global_train_batch_size}")
+    return ns.global_train_batch_size
+
+
+def _build(parser: ScriptArgumentParser, types, namespace: argparse.Namespace) -> tuple:
+    """The dataclasses from the final namespace (as ``parse_args_into_dataclasses``); their own checks
+    (TrainingArguments' __post_init__) fail as parse errors."""
+    built = []
+    for dtype in types:
+        inputs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(dtype) if f.init}
+        try:
+            built.append(dtype(**inputs))
+        except ValueError as error:
+            parser.error(str(error))
+    return tuple(built)
+
+
+def _check_distributed(parser: ScriptArgumentParser, training_args: TrainingArguments) -> None:
+    """Refuse a launch of several processes that TrainingArguments did not make data-parallel."""
+    processes = launched_world_size()
+    if processes > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
+        parser.error(
+            f"launched as {processes} processes, but they are not set up as one distributed run (parallel mode "
+            f"{training_args.parallel_mode.value}): each would train its own copy on all the data. On CPUs pass "
+            "--use_cpu True (or accelerate launch --cpu); on accelerators start one process per device"
+        )
+
+
+def _split_global_batch(parser, training_args: TrainingArguments, global_batch: int, notes: list[str]) -> None:
+    """per_device_train_batch_size = global batch / (processes x gradient accumulation steps), exactly."""
+    processes = training_args.world_size * max(1, training_args.n_gpu)
+    accumulation = training_args.gradient_accumulation_steps
+    split_batches = bool(getattr(training_args.accelerator_config, "split_batches", False))
+    # with split_batches accelerate cuts each loaded batch between the processes itself
+    divisor = accumulation if split_batches else processes * accumulation
+    if global_batch % divisor or (split_batches and (global_batch // accumulation) % processes):
+        parser.error(
+            f"global_train_batch_size {global_batch} does not divide into {processes} process(es) x {accumulation} "
+            f"gradient accumulation step(s): choose a multiple of {processes * accumulation}, change "
+            "--gradient_accumulation_steps, or set --per_device_train_batch_size instead"
+        )
+    per_device = global_batch // divisor
+    training_args.per_device_train_batch_size = per_device
+    per_process = per_device // processes if split_batches else per_device
+    notes.append(
+        f"global batch {global_batch} = {processes} process(es) x {accumulation} accumulation step(s) x "
+        f"{per_process} per device"
+    )
+
+
+def _note_kd_scaling(model_args, training_args: TrainingArguments, notes: list[str]) -> None:
+    """The reference's ``l2`` term is a Frobenius norm over one micro-batch: split into m micro-batches (processes
+    x accumulation), its share against the per-sample cross-entropy shrinks by about sqrt(m)."""
+    if getattr(model_args, "kd_loss", None) != "l2" or not getattr(model_args, "kd_weight", 0) > 0:
+        return
+    micro_batches = training_args.world_size * max(1, training_args.n_gpu) * training_args.gradient_accumulation_steps
+    if micro_batches > 1:
+        notes.append(
+            f"kd_loss l2 is a Frobenius norm over each micro-batch of {training_args.per_device_train_batch_size}: "
+            f"averaged over {micro_batches} micro-batches its weight against the cross-entropy is about "
+            f"1/sqrt({micro_batches}) of one batch of the same global size; --kd_weight "
+            f"{model_args.kd_weight * math.sqrt(micro_batches):.3g} restores the reference's single-batch balance, "
+            "--kd_loss l2_per_sample does not depend on the split"
+        )
+
+
+def _effective_arguments(namespace: argparse.Namespace, baseline: dict, sources: _Sources) -> str:
+    """One line per argument that differs from its dataclass default or was set on purpose, with its source."""
+    lines = []
+    for name, default in baseline.items():
+        value = getattr(namespace, name, None)
+        if value == default and sources.get(name) in (None, "script"):
+            continue
+        shown = "<hidden>" if "token" in name and value else repr(value)  # as TrainingArguments' own repr
+        lines.append(f"  {name} = {shown}  [{sources.get(name, 'default')}]")
+    return "Effective arguments (not at their defaults; [source]):\n" + "\n".join(lines)
+
+
+def with_output_dir(
+    training_args: TrainingArguments, output_dir: str | Path, split_seed: int | None = None
+) -> TrainingArguments:
+    """A copy of the training arguments writing to another directory (one per split); with ``split_seed`` and
+    ``--push_to_hub``, each split pushes to its own repository (``<hub_model_id>-split<k>``)."""
+    changes = {"output_dir": str(output_dir)}
+    if split_seed is not None and training_args.push_to_hub and training_args.hub_model_id:
+        changes["hub_model_id"] = f"{training_args.hub_model_id}-split{split_seed}"
+    return dataclasses.replace(training_args, **changes)

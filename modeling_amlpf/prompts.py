@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from .configuration_amlpf import PROMPT_LEVELS  # one definition for models and prompts
 
@@ -65,12 +66,17 @@ def resolve_prompt_file(path_or_name: str | os.PathLike) -> Path:
 
 def _read_mapping(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
 
-        data = yaml.safe_load(text)
+            data = yaml.safe_load(text)
+    except ValueError as error:  # json.JSONDecodeError
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    except Exception as error:  # yaml.YAMLError carries the line and column
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping; {SCHEMA_HINT}.")
     return data
@@ -84,19 +90,21 @@ def load_prompt_spec(path_or_name: str | os.PathLike) -> dict:
     per_class = data.get("prompts")
     if not isinstance(class_names, list) or not class_names or not isinstance(per_class, dict):
         raise ValueError(f"{path}: {SCHEMA_HINT}.")
-    class_names = [str(name) for name in class_names]
+    class_names = [_nfc(name) for name in class_names]
     duplicates = sorted({n for n in class_names if class_names.count(n) > 1})
     if duplicates:
         raise ValueError(f"{path}: class_names repeats {duplicates}.")
-    per_class = {str(k): v for k, v in per_class.items()}
-    _check_same_classes(class_names, list(per_class), f"{path}: 'prompts' vs 'class_names'")
+    per_class = {_nfc(k): v for k, v in per_class.items()}
+    _check_same_classes(class_names, list(per_class), f"{path}: its 'prompts' mapping vs its 'class_names' list")
 
     prompts = {level: [] for level in PROMPT_LEVELS}
     for name in class_names:
         entry = per_class[name]
         if not isinstance(entry, dict) or set(entry) != set(PROMPT_LEVELS):
             found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-            raise ValueError(f"{path}: class {name!r} must have exactly the levels {list(PROMPT_LEVELS)}, found {found}.")
+            raise ValueError(
+                f"{path}: class {name!r} must have exactly the levels {list(PROMPT_LEVELS)}, found {found}."
+            )
         for level in PROMPT_LEVELS:
             text = entry[level]
             if not isinstance(text, str) or not text.strip():
@@ -111,12 +119,27 @@ def load_prompt_spec(path_or_name: str | os.PathLike) -> dict:
     }
 
 
+def _nfc(name) -> str:
+    """Class names are compared in Unicode NFC: 'é' typed as one code point or as 'e' + accent is one name."""
+    return unicodedata.normalize("NFC", str(name))
+
+
 def _check_same_classes(expected: Sequence[str], found: Iterable[str], where: str) -> None:
+    """``expected`` are the classes that must be covered; ``found`` what the file provides."""
+    found = list(found)
     expected_set, found_set = set(expected), set(found)
     if expected_set != found_set:
         missing = [n for n in expected if n not in found_set]
         extra = [n for n in found if n not in expected_set]
-        raise ValueError(f"{where}: class names differ; missing {missing}, extra {extra}.")
+        parts = []
+        if missing:
+            parts.append(f"no prompts for {missing}")
+        if extra:
+            parts.append(f"prompts for classes that are not expected: {extra}")
+        folded = {n.casefold(): n for n in expected}
+        near = [f"{n!r} ~ {folded[n.casefold()]!r}" for n in extra if n.casefold() in folded]
+        hint = f" (these differ only in case: {', '.join(near)})" if near else ""
+        raise ValueError(f"{where}: {'; '.join(parts)}{hint}.")
 
 
 def load_prompts(path_or_name: str | os.PathLike, class_names: Sequence[str] | None = None) -> dict[str, list[str]]:
@@ -129,10 +152,10 @@ def load_prompts(path_or_name: str | os.PathLike, class_names: Sequence[str] | N
     file_names = spec["class_names"]
     if class_names is None:
         return spec["prompts"]
-    class_names = [str(name) for name in class_names]
+    class_names = [_nfc(name) for name in class_names]
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class_names repeats names: {class_names}.")
-    _check_same_classes(file_names, class_names, f"prompt file {spec['path']} vs the dataset's classes")
+    _check_same_classes(class_names, file_names, f"prompt file {spec['path']} (the dataset's classes: {class_names})")
     order = [file_names.index(name) for name in class_names]
     return {level: [texts[i] for i in order] for level, texts in spec["prompts"].items()}
 
@@ -189,7 +212,10 @@ def parse_levels(levels: str | Iterable[str] | None) -> tuple[str, ...]:
     items = [s for s in items if s]
     unknown = [s for s in items if s not in PROMPT_LEVELS]
     if unknown:
-        raise ValueError(f"unknown prompt level(s) {unknown}; choose from {list(PROMPT_LEVELS)} (e.g. --prompt_levels label,detailed).")
+        raise ValueError(
+            f"unknown prompt level(s) {unknown}; choose from {list(PROMPT_LEVELS)} "
+            "(e.g. --prompt_levels label,detailed)."
+        )
     if not items:
         raise ValueError(f"no prompt level selected; choose from {list(PROMPT_LEVELS)}.")
     if len(set(items)) != len(items):

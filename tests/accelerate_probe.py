@@ -12,25 +12,40 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from transformers import TrainerCallback  # noqa: E402
+
 import distill_student  # noqa: E402
 from modeling_amlpf import trainers  # noqa: E402
+from modeling_amlpf.resampling import ClassBalancedResampling  # noqa: E402
 
 RECORD = {"streams": {}, "batches": {}, "weights": []}
 
 
-class ProbeTrainer(trainers.DistillationTrainer):
-    def _prepare_inputs(self, inputs):
-        inputs = super()._prepare_inputs(inputs)
-        if self.model.training and self._batch_sample_index is not None:
-            epoch = str(self.sampler.epoch)
-            if epoch not in RECORD["streams"]:
-                RECORD["streams"][epoch] = list(self.sampler)  # deterministic in (seed, epoch, weights)
-            RECORD["batches"].setdefault(epoch, []).append(self._batch_sample_index.tolist())
-        return inputs
+def _resampling(trainer) -> ClassBalancedResampling:
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ClassBalancedResampling))
 
-    def end_epoch(self):
-        super().end_epoch()
-        RECORD["weights"].append(self.sampler.class_weights.tolist())
+
+class ProbeTrainer(trainers.DistillationTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(WeightsProbe(self))  # after the resampling callback: sees the weights it just set
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            sampler = _resampling(self).sampler
+            epoch = str(sampler.epoch)
+            if epoch not in RECORD["streams"]:
+                RECORD["streams"][epoch] = list(sampler)  # deterministic in (seed, epoch, weights)
+            RECORD["batches"].setdefault(epoch, []).append(inputs["sample_index"].tolist())
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class WeightsProbe(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        RECORD["weights"].append(_resampling(self.trainer).sampler.class_weights.tolist())
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def test_teacher_then_student_with_defaults_from_the_dataset_name(lung_env, tmp_
     history = json.loads((out / "resampling_history.json").read_text())
     assert history["mode"] == "difficulty" and len(history["epochs"]) == 2
     card = (out / "README.md").read_text()
-    assert "lunghist700" in card and str(teacher_dir) in card and "Macro F1" in card and "detailed" in card
+    assert "lunghist700" in card and "local teacher checkpoint" in card and "Macro F1" in card and "detailed" in card
+    assert str(teacher_dir) not in card  # local paths stay out of a card that may be published
 
     student = AutoModel.from_pretrained(out)
     assert [student.config.id2label[i] for i in range(3)] == LUNG_CLASSES
@@ -94,19 +95,62 @@ def test_student_refuses_a_teacher_that_saw_its_test_images(lung_env, tmp_path):
         distill_student.main(["--dataset", "lunghist700", "--config", str(config), "--split_seed", "1"])
 
 
-def test_missing_teacher_student_and_data_give_actionable_errors(lung_env, tmp_path, monkeypatch):
+def test_missing_teacher_student_and_data_give_actionable_errors(lung_env, tmp_path, monkeypatch, capsys):
     _, config = lung_env
     with pytest.raises(FileNotFoundError, match="train_teacher.py --dataset lunghist700"):
         distill_student.main(["--dataset", "lunghist700", "--config", str(config)])
     with pytest.raises(FileNotFoundError, match="modeling_amlpf.convert"):
-        distill_student.main(["--dataset", "lunghist700", "--config", str(config), "--student_model", "checkpoints/clip-rn50"])
+        distill_student.main(
+            ["--dataset", "lunghist700", "--config", str(config), "--student_model", "checkpoints/clip-rn50"]
+        )
     monkeypatch.setenv("AMLPF_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(Exception, match="--data_dir"):
         train_teacher.main(["--dataset", "lunghist700", "--config", str(config)])
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: lunghist700\nnot_a_flag: 1\n")
-    with pytest.raises(ValueError, match="not_a_flag"):
+    with pytest.raises(SystemExit) as exit_info:  # a recipe error is a parse error: exit code 2, one message
         train_teacher.main(["--config", str(bad)])
+    assert exit_info.value.code == 2 and "unknown keys ['not_a_flag']" in capsys.readouterr().err
+
+
+def test_config_file_flags_and_derived_defaults(tmp_path, monkeypatch):
+    """Lowest first: protocol defaults, the config file (shared keys + the script's section), flags; then the
+    defaults derived from the dataset fill what is still unset. paper_results is not a setting."""
+    from modeling_amlpf.arguments import parse_script_args
+
+    monkeypatch.setenv("AMLPF_OUTPUT_DIR", str(tmp_path / "out"))
+    config = tiny_config(tmp_path / "c.yaml", dataset="lunghist700", task="7class",
+                         paper_results={"lunghist700": {"accuracy": 90.1}})
+    data, model, run, training = parse_script_args(
+        distill_student.StudentArguments, "student", ["--config", str(config), "--num_train_epochs", "5"],
+        distill_student.derived_defaults, defaults=distill_student.STUDENT_DEFAULTS,
+    )
+    assert data.dataset == "lunghist700" and data.task == "7class" and training.seed == 3  # shared keys
+    assert model.student_model == str(STUDENT_TINY) and run.lr_schedule == "1:1e-3,2:5e-4"  # the student section
+    assert training.num_train_epochs == 5 and training.learning_rate == 1e-3  # the flag wins over the file
+    assert training.eval_strategy == "epoch" and training.load_best_model_at_end  # protocol defaults
+    assert not training.remove_unused_columns and training.restore_callback_states_from_checkpoint
+    assert training.output_dir == str(tmp_path / "out" / "lunghist700-7class" / "student")  # derived
+    assert model.teacher_model == str(tmp_path / "out" / "lunghist700-7class" / "teacher")
+    _, teacher_args, _, training = parse_script_args(
+        train_teacher.TeacherArguments, "teacher", ["--config", str(config), "--output_dir", str(tmp_path / "t")],
+        train_teacher.derived_defaults,
+    )
+    assert teacher_args.teacher_config == str(TEACHER_TINY) and training.output_dir == str(tmp_path / "t")
+    assert training.num_train_epochs == 2 and training.remove_unused_columns  # the views' extras are dropped
+    # --dataset alone reads configs/<dataset>.yaml; --config none skips it
+    _, _, _, bundled = parse_script_args(train_teacher.TeacherArguments, "teacher", ["--dataset", "lunghist700"],
+                                         train_teacher.derived_defaults)
+    assert bundled.num_train_epochs == 100 and bundled.per_device_train_batch_size == 24
+    _, _, _, plain = parse_script_args(
+        train_teacher.TeacherArguments, "teacher", ["--dataset", "lunghist700", "--config", "none"],
+        train_teacher.derived_defaults,
+    )
+    assert plain.num_train_epochs == 3 and plain.per_device_train_batch_size == 8  # TrainingArguments' own
+    with pytest.raises(SystemExit):  # no dataset anywhere
+        parse_script_args(
+            train_teacher.TeacherArguments, "teacher", ["--config", "none"], train_teacher.derived_defaults
+        )
 
 
 def test_split_seeds_write_one_folder_per_split_and_a_summary(tmp_path):
@@ -119,7 +163,8 @@ def test_split_seeds_write_one_folder_per_split_and_a_summary(tmp_path):
     assert summary["n_splits"] == 2
     for seed in (1, 2):
         assert (out / f"split_{seed}" / "test_results.json").is_file()
-    tests = [set(r[0] for r in json.loads((out / f"split_{s}" / "split.json").read_text())["parts"]["test"]) for s in (1, 2)]
+    parts = [json.loads((out / f"split_{s}" / "split.json").read_text())["parts"] for s in (1, 2)]
+    tests = [{row[0] for row in part["test"]} for part in parts]
     assert tests[0] != tests[1]  # two different splits
     saved = json.loads((out / "splits_summary.json").read_text())
     accs = [json.loads((out / f"split_{s}" / "test_results.json").read_text())["test_accuracy"] for s in (1, 2)]
@@ -144,23 +189,33 @@ class FakeHub:
         self.uploads.append(repo_id)
         return "commit"
 
+    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kwargs):
+        (self.root / repo_id / path_in_repo).write_bytes(Path(path_or_fileobj).read_bytes())
+        self.uploads.append(f"{repo_id}/{path_in_repo}")
+        return "commit"
+
 
 def test_push_to_hub_uploads_a_loadable_model_with_code_and_card(lung_env, tmp_path, monkeypatch):
     import transformers.trainer
 
     _, config = lung_env
     hub = FakeHub(tmp_path / "hub")
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
-    distill_student.main(["--dataset", "lunghist700", "--config", str(config), "--kd_weight", "0", "--num_train_epochs", "1",
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)  # the Trainer's repo and upload
+    monkeypatch.setattr(distill_student, "HfApi", lambda **kwargs: hub)  # the script's model card upload
+    distill_student.main(["--dataset", "lunghist700", "--config", str(config), "--kd_weight", "0",
+                          "--num_train_epochs", "1",
                           "--push_to_hub", "True", "--hub_model_id", "someone/amlpf-lung", "--hub_strategy", "end"])
     repo = tmp_path / "hub" / "someone" / "amlpf-lung"
     assert hub.uploads and (repo / "modeling_amlpf.py").is_file() and not list(repo.glob("checkpoint-*"))
+    assert hub.uploads[-1] == "someone/amlpf-lung"  # one final upload of the folder, with the project's card
     card = (repo / "README.md").read_text()
+    assert card == (tmp_path / "outputs" / "lunghist700" / "student" / "README.md").read_text()
     assert "pipeline_tag: image-classification" in card and "someone/amlpf-lung" in card and "fusion" in card.lower()
     model = AutoModel.from_pretrained(repo)
     processor = AutoImageProcessor.from_pretrained(repo)
     tokenizer = AutoTokenizer.from_pretrained(repo)
-    assert model.config.num_labels == 3 and processor.crop_size == 64 and tokenizer.eos_token_id == model.config.text_config.eos_token_id
+    assert model.config.num_labels == 3 and processor.crop_size == 64
+    assert tokenizer.eos_token_id == model.config.text_config.eos_token_id
     assert AutoConfig.from_pretrained(repo).auto_map["AutoModel"].startswith("modeling_amlpf.")
 
 
@@ -180,7 +235,8 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     probe = tmp_path / "probe"
     probe.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            str(REPO_ROOT / "tests" / "accelerate_probe.py"), str(probe),
            "--dataset", "imagefolder", "--data_dir", str(tree.data_dir), "--groups_csv", str(tree.groups_csv),
@@ -203,4 +259,5 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert sorted(ranks[0]["streams"]["0"]) == list(range(len(ranks[0]["streams"]["0"])))  # epoch 1 uniform
     student = AutoModel.from_pretrained(out)
     assert [student.config.id2label[i] for i in range(3)] == names
-    assert json.loads((out / "resampling_history.json").read_text())["epochs"][-1]["records"] >= len(ranks[0]["streams"]["1"])
+    history = json.loads((out / "resampling_history.json").read_text())
+    assert history["epochs"][-1]["records"] >= len(ranks[0]["streams"]["1"])

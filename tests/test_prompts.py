@@ -95,9 +95,36 @@ def test_class_mismatch_names_missing_and_extra_classes_and_the_file():
     with pytest.raises(ValueError) as info:
         load_prompts("chaoyang", class_names=["normal", "serrated", "adenocarcinoma", "hyperplastic"])
     message = str(info.value)
-    assert "missing ['adenoma']" in message  # in the file, not among the given classes
-    assert "extra ['hyperplastic']" in message
+    assert "no prompts for ['hyperplastic']" in message  # a dataset class the file does not cover
+    assert "prompts for classes that are not expected: ['adenoma']" in message  # in the file only
     assert "chaoyang.yaml" in message
+
+
+def test_a_prompt_file_missing_a_class_names_that_class(tmp_path):
+    """The issue's case: the dataset has 'tumor', the file does not; the message must not be reversed."""
+    path = _write_yaml(tmp_path / "p.yaml", ["stroma"], {"stroma": _entry("stroma")})
+    with pytest.raises(ValueError) as info:
+        load_prompts(path, class_names=["tumor", "stroma"])
+    assert "no prompts for ['tumor']" in str(info.value)
+    assert "not expected" not in str(info.value)
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("class_names: [a, b\nprompts: {")
+    with pytest.raises(ValueError, match=r"broken\.yaml is not valid YAML"):
+        load_prompts(path)
+
+
+def test_class_names_match_after_unicode_normalisation(tmp_path):
+    import unicodedata
+
+    composed = unicodedata.normalize("NFC", "adénome")
+    decomposed = unicodedata.normalize("NFD", "adénome")
+    assert composed != decomposed
+    path = _write_yaml(tmp_path / "p.yaml", [decomposed, "腺癌"], {decomposed: _entry("a"), "腺癌": _entry("b")})
+    prompts = load_prompts(path, class_names=["腺癌", composed])
+    assert prompts["detailed"] == ["Detailed b morphology.", "Detailed a morphology."]
 
 
 def _write_yaml(path, class_names, prompts):
@@ -113,7 +140,8 @@ def _entry(name):
 
 def test_file_prompts_must_cover_every_class(tmp_path):
     path = _write_yaml(tmp_path / "p.yaml", ["tumor", "stroma"], {"tumor": _entry("tumor"), "fat": _entry("fat")})
-    with pytest.raises(ValueError, match=r"missing \['stroma'\], extra \['fat'\]"):
+    expected = r"no prompts for \['stroma'\]; prompts for classes that are not expected: \['fat'\]"
+    with pytest.raises(ValueError, match=expected):
         load_prompts(path)
 
 
@@ -163,7 +191,8 @@ def test_template_prompts_use_the_right_article():
 
 
 @pytest.mark.parametrize(
-    "word, article", [("ulcer", "an"), ("undifferentiated", "an"), ("urothelial", "a"), ("hyperplasia", "a"), ("ependymoma", "an")]
+    "word, article",
+    [("ulcer", "an"), ("undifferentiated", "an"), ("urothelial", "a"), ("hyperplasia", "a"), ("ependymoma", "an")],
 )
 def test_indefinite_article(word, article):
     assert indefinite_article(word) == article
@@ -184,3 +213,18 @@ def test_select_levels_validates_and_keeps_canonical_order():
         select_levels(prompts, ["label", "label"])
     with pytest.raises(ValueError, match="have no level"):
         select_levels({"label": ["x"]}, "basic")
+
+
+def test_truncation_warning_names_the_class_once_not_the_prompt(tiny_student, caplog):
+    import logging
+
+    model, tokenizer = tiny_student
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    long_prompt = "eosinophilic " * 120
+    prompts = template_prompts(names)
+    prompts["detailed"][0] = long_prompt
+    with caplog.at_level(logging.WARNING):
+        model.set_prompts(prompts, tokenizer, class_names=names)
+    messages = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(messages) == 1
+    assert f"['{names[0]}']" in messages[0] and "eosinophilic eosinophilic" not in messages[0]

@@ -1,0 +1,278 @@
+"""Class-balanced resampling (AMLPF-CLIP) as a ``TrainerCallback``: records, epoch-end weights, checkpoint state.
+
+Each training forward's true-class probabilities are recorded on the device (a forward hook on the model: no
+host sync per step, and any ``compute_loss`` works); at each epoch end the records of all processes are
+gathered, so every rank computes the same next-epoch class weights (``sampling.class_difficulty_weights``)
+and sets them on its ``ClassBalancedSampler``, which draws one global index stream per epoch. The weights
+and the student's fusion weights go into the Trainer's ``log_history`` and ``resampling_history.json``
+(``FusionWeightLogging`` logs the fusion weights of runs without resampling).
+
+The state (sampler epoch and weights, history, the records of a partly-trained epoch) travels in
+``trainer_state.json`` under ``stateful_callbacks`` (transformers' ``ExportableState``), so
+``--resume_from_checkpoint`` continues with the same weights and history as an uninterrupted run.
+Restoring with ``restore_callback_states_from_checkpoint=True`` builds a new instance of this callback; it
+finds the sampler the Trainer is drawing with in ``on_train_begin`` (the DataLoader is built before the
+restore) and applies the saved state there. The state is also read from ``state.stateful_callbacks`` when
+that flag is off, because a resumed run without it would silently start from uniform weights.
+
+The sampler reaches the DataLoader through ``trainers.AmlpfTrainer`` (the Trainer's sampler hook,
+``_get_train_sampler``, is its only one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.utils import logging
+
+from .metrics import json_safe
+from .sampling import DEFAULT_MIN_CLASS_SHARE, RESAMPLING_MODES, ClassBalancedSampler, class_difficulty_weights
+
+logger = logging.get_logger(__name__)
+
+HISTORY_NAME = "resampling_history.json"
+
+
+def _dataset_labels(dataset) -> list[int]:
+    """Every training row's label without decoding an image: ``dataset.labels`` (training views), else the
+    ``label`` (or ``labels``) column of a ``datasets.Dataset``."""
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, Sequence) and not isinstance(labels, str):
+        return [int(label) for label in labels]
+    plain = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
+    names = getattr(plain, "column_names", None) or []
+    column = "label" if "label" in names else "labels"
+    if column not in names:
+        raise ValueError(
+            "class-balanced resampling needs the training labels: a train dataset with a `labels` attribute "
+            f"(modeling_amlpf.training_views.attach_views) or a 'label' column; this one has columns {names}"
+        )
+    return [int(label) for label in plain[column]]
+
+
+def _sampler_of(dataloader) -> ClassBalancedSampler | None:
+    """The ClassBalancedSampler under a (possibly accelerate-prepared) DataLoader, where accelerate's own
+    ``DataLoaderShard.set_epoch`` looks for it."""
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for candidate in (
+        getattr(batch_sampler, "sampler", None),
+        getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None),
+        getattr(dataloader, "sampler", None),
+    ):
+        for sampler in (candidate, getattr(candidate, "sampler", None)):  # also under a DrawIndexedSampler
+            if isinstance(sampler, ClassBalancedSampler):
+                return sampler
+    return None
+
+
+class ClassBalancedResampling(TrainerCallback, ExportableState):
+    """Re-weights the training draw each epoch by per-class difficulty, ``w_c = mean (1 - p_true)^gamma``.
+
+    Args:
+        class_names: the classes in label order (names of the logged weights).
+        mode: ``"difficulty"`` (reference code) or ``"difficulty_inverse_frequency"`` (paper text).
+        gamma: the focusing exponent (2 in the paper).
+
+    Give it to ``trainers.AmlpfTrainer`` (or ``DistillationTrainer``): ``callbacks=[ClassBalancedResampling(...)]``.
+    Epoch 1 draws a uniform permutation; the weights set after epoch ``e`` drive epoch ``e + 1``.
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        mode: str = "difficulty",
+        gamma: float = 2.0,
+        min_class_share: float = DEFAULT_MIN_CLASS_SHARE,
+    ):
+        if mode not in RESAMPLING_MODES[1:]:
+            raise ValueError(f"resampling mode must be one of {RESAMPLING_MODES[1:]}, got {mode!r}")
+        self.class_names = [str(name) for name in class_names]
+        self.mode = mode
+        self.gamma = float(gamma)
+        self.min_class_share = float(min_class_share)
+        self.sampler: ClassBalancedSampler | None = None
+        # exported state (see state()); restored instances get these set by the Trainer
+        self.sampler_state: dict | None = None
+        self.history: list[dict] = []
+        self.epoch_records: list[list[float]] = []
+        # this epoch's records: gathered at checkpoints (identical on every rank), and the local ones since
+        self._gathered = torch.zeros((0, 2), dtype=torch.float64)
+        self._local: list[torch.Tensor] = []
+        self._hook = None
+
+    # ------------------------------------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {
+            "args": {
+                "class_names": self.class_names,
+                "mode": self.mode,
+                "gamma": self.gamma,
+                "min_class_share": self.min_class_share,
+            },
+            "attributes": {
+                "sampler_state": self.sampler.state_dict() if self.sampler is not None else self.sampler_state,
+                "history": self.history,
+                "epoch_records": self._gathered.tolist(),
+            },
+        }
+
+    def sampler_for(self, train_dataset, seed: int):
+        """The sampler the Trainer's DataLoader draws ``train_dataset`` with: the ``ClassBalancedSampler``
+        (built once), wrapped in ``DrawIndexedSampler`` for training views, so that a row drawn twice in an
+        epoch gets new views each time, as in the reference."""
+        from .training_views import DrawIndexedSampler, TrainingViews
+
+        labels = _dataset_labels(train_dataset)
+        if self.sampler is None or len(self.sampler.labels) != len(labels):
+            self.sampler = ClassBalancedSampler(
+                labels, len(self.class_names), mode=self.mode, seed=seed, min_class_share=self.min_class_share
+            )
+        return DrawIndexedSampler(self.sampler) if isinstance(train_dataset, TrainingViews) else self.sampler
+
+    # ------------------------------------------------------------------------------------------ records
+    def record(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Keep (label, true-class probability) of a training batch, on its device."""
+        probs = logits.detach().float().softmax(dim=-1).gather(1, labels.long().view(-1, 1)).squeeze(1)
+        self._local.append(torch.stack([labels.to(probs.device, probs.dtype), probs], dim=1))
+
+    def watch(self, model) -> None:
+        """Record every training-mode forward of ``model`` (its ``labels`` and output ``logits``) from now on;
+        ``on_train_begin`` does this for the Trainer's model."""
+        self.unwatch()
+        self._hook = model.register_forward_hook(self._forward_hook, with_kwargs=True)
+
+    def unwatch(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _forward_hook(self, module, args, kwargs, output):
+        if not module.training:
+            return
+        labels = kwargs.get("labels")
+        logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+        if labels is not None and logits is not None:
+            self.record(logits, labels)
+
+    def _gather(self, args) -> torch.Tensor:
+        """This epoch's records of all processes (gathered ones first), identical on every rank."""
+        local = torch.cat(self._local) if self._local else torch.zeros((0, 2), device=args.device)
+        self._local = []
+        if args.world_size > 1:
+            from accelerate.utils import gather, pad_across_processes
+
+            local = pad_across_processes(local.to(args.device), dim=0, pad_index=-1)
+            local = gather(local)
+            local = local[local[:, 0] >= 0]
+        self._gathered = torch.cat([self._gathered, local.detach().cpu().double()])
+        return self._gathered
+
+    # ------------------------------------------------------------------------------------------ events
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        if self.sampler is None:  # a restored instance: the DataLoader was built with its predecessor's sampler
+            self.sampler = _sampler_of(train_dataloader)
+        if self.sampler is None:
+            raise ValueError(
+                "ClassBalancedResampling found no ClassBalancedSampler under the train DataLoader: train with "
+                "modeling_amlpf.trainers.AmlpfTrainer or DistillationTrainer, which draw with the callback's sampler"
+            )
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if saved is None:
+            raise ValueError(
+                f"the checkpoint's trainer_state.json has no '{type(self).__name__}' entry under "
+                "'stateful_callbacks': it was not written by a resampling run (or by an older version that kept "
+                "sampler_state.json); resume it with --resampling none, or start a new run"
+            )
+        attributes = (saved[0] if isinstance(saved, list) else saved).get("attributes", {})
+        if attributes.get("sampler_state") is not None:
+            self.sampler.load_state_dict(attributes["sampler_state"])
+        self.history = list(attributes.get("history") or [])
+        self._gathered = torch.tensor(attributes.get("epoch_records") or [], dtype=torch.float64).view(-1, 2)
+        self._local = []
+        if len(self._gathered) and float(state.epoch or 0).is_integer():
+            # saved at the last step of an epoch, before its end: the Trainer resumes with the next epoch
+            self._end_epoch(args, state, model)
+        self.watch(model)
+        logger.info(
+            f"class-balanced resampling: sampler epoch {self.sampler.epoch}, weights {self.sampler.class_weights}"
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # A checkpoint follows: gather now (every rank is here; only the main process writes the state).
+        if control.should_save or (args.save_strategy == "best" and control.should_evaluate):
+            self._gather(args)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._gather(args)
+        self._end_epoch(args, state, model)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.unwatch()
+
+    # ------------------------------------------------------------------------------------------ update
+    def _end_epoch(self, args, state, model) -> None:
+        """Set the next epoch's class weights from this epoch's records; log and write the history."""
+        records, self._gathered = self._gathered, torch.zeros((0, 2), dtype=torch.float64)
+        if records.numel() == 0:
+            logger.warning(
+                "no training predictions were recorded this epoch: the model got no `labels` in its forward "
+                "(class-balanced resampling keeps the previous weights)"
+            )
+            return
+        labels, probs = records[:, 0].long(), records[:, 1]
+        num_classes = len(self.class_names)
+        weights = class_difficulty_weights(probs, labels, num_classes, self.gamma, self.sampler.class_weights)
+        self.sampler.set_class_weights(weights)
+        mass = self.sampler.class_shares()  # the shares actually drawn from, the floor included
+        mean_prob = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, probs)
+        mean_prob /= torch.bincount(labels, minlength=num_classes).clamp(min=1)
+        entry = {
+            "epoch": int(round(state.epoch or 0)),
+            "next_epoch_class_weights": dict(zip(self.class_names, map(float, weights))),
+            "next_epoch_class_share": dict(zip(self.class_names, map(float, mass))),
+            "mean_true_class_prob": dict(zip(self.class_names, map(float, mean_prob))),
+            "records": int(len(labels)),
+        }
+        fusion = _fusion_weights(model)
+        if fusion is not None:
+            entry["fusion_weights"] = fusion
+        self.history.append(entry)
+        logs = {f"class_weight/{name}": value for name, value in entry["next_epoch_class_weights"].items()}
+        logs.update({f"fusion_weight/{level}": value for level, value in (fusion or {}).items()})
+        state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
+        logger.info(f"epoch {entry['epoch']}: next epoch's class weights {entry['next_epoch_class_weights']}")
+        self.write_history(args.output_dir, args)
+
+    def write_history(self, output_dir: str, args=None) -> None:
+        """``resampling_history.json``: per epoch the next epoch's class weights and shares, mean true-class
+        probabilities, the number of records and the fusion weights."""
+        if (args is not None and not args.should_save) or not self.history:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        history = json_safe({"mode": self.mode, "gamma": self.gamma, "epochs": self.history})
+        with open(os.path.join(output_dir, HISTORY_NAME), "w") as f:
+            json.dump(history, f, indent=2, allow_nan=False)  # strict JSON: an undefined value is null
+
+
+class FusionWeightLogging(TrainerCallback):
+    """Logs the student's effective fusion weights (``fusion_weight/<level>``) once per epoch, for runs without
+    ``ClassBalancedResampling`` (which logs them itself): ``figures.write_run_figures`` draws them from the
+    Trainer's ``log_history``. Does nothing for a model without prompt-level fusion (the teacher)."""
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        fusion = _fusion_weights(model)
+        if fusion:
+            logs = {f"fusion_weight/{level}": value for level, value in fusion.items()}
+            state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
+
+
+def _fusion_weights(model) -> dict | None:
+    if model is None or not hasattr(model, "effective_fusion_weights"):
+        return None
+    weights = model.effective_fusion_weights().detach().float().cpu().tolist()
+    return dict(zip(model.config.prompt_levels, weights))
