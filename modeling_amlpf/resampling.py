@@ -143,6 +143,13 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
     def watch(self, model) -> None:
         """Record every training-mode forward of ``model`` (its ``labels`` and output ``logits``) from now on;
         ``on_train_begin`` does this for the Trainer's model."""
+        problem_type = getattr(getattr(model, "config", None), "problem_type", None)
+        if problem_type not in (None, "single_label_classification"):
+            raise ValueError(
+                f"class-balanced resampling weighs classes by the true class's softmax probability, which needs "
+                f"single-label classification; this model's config.problem_type is {problem_type!r}: "
+                "use --resampling none"
+            )
         self.unwatch()
         self._hook = model.register_forward_hook(self._forward_hook, with_kwargs=True)
 

@@ -305,3 +305,12 @@ def test_the_share_floor_reaches_the_sampler_the_trainer_draws_with(min_class_sh
     shares = sampler.class_shares()
     assert float(shares[1]) == pytest.approx(min_class_share / 2)  # the floor: min_class_share / K
     assert float(shares.sum()) == pytest.approx(1.0)
+
+
+def test_resampling_refuses_a_multi_label_model_with_the_fix():
+    from types import SimpleNamespace
+
+    model = MeanPixelClassifier()
+    model.config = SimpleNamespace(problem_type="multi_label_classification")
+    with pytest.raises(ValueError, match="needs single-label classification.*use --resampling none"):
+        ClassBalancedResampling(CLASS_NAMES).watch(model)
