@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -57,3 +58,10 @@ def tiny_student():
     torch.manual_seed(0)
     model = AutoModel.from_config(AutoConfig.from_pretrained(STUDENT_TINY))
     return model, AutoTokenizer.from_pretrained(STUDENT_TINY)
+
+
+def free_port() -> int:
+    """A TCP port free right now, for `accelerate launch --main_process_port` (a fixed port can be taken)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

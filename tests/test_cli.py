@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, STUDENT_TINY, TEACHER_TINY
+from conftest import REPO_ROOT, STUDENT_TINY, TEACHER_TINY, free_port
 from data_trees import make_imagefolder_tree, make_lunghist700_tree
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
@@ -237,7 +237,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            str(REPO_ROOT / "tests" / "accelerate_probe.py"), str(probe),
            "--dataset", "imagefolder", "--data_dir", str(tree.data_dir), "--groups_csv", str(tree.groups_csv),
            "--config", str(config), "--teacher_model", str(tmp_path / "teacher"), "--output_dir", str(out),

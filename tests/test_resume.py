@@ -135,11 +135,13 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_resume_mid_epoch_in_two_processes(tmp_path):
+    from conftest import free_port
+
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29523",
-           str(Path(__file__).resolve()), str(tmp_path)]
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(Path(__file__).resolve()), str(tmp_path)]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert_same_end(tmp_path / "full", tmp_path / "resumed")
