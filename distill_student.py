@@ -251,10 +251,10 @@ def load_teacher(model_args: StudentArguments, data_args: DataArguments, split_s
             "dataset options and split seed first, or pass --teacher_model PATH_OR_HUB_ID, or --kd_weight 0 to train "
             "without distillation"
         )
+    if is_local_path(path):  # a JSON comparison: before the (large) teacher's weights load
+        check_teacher_split(path, dd)
     dtype = getattr(torch, model_args.teacher_dtype) if model_args.teacher_dtype else None
     teacher = AutoModel.from_pretrained(path, dtype=dtype) if dtype is not None else AutoModel.from_pretrained(path)
-    if is_local_path(path):
-        check_teacher_split(path, dd)
     return teacher, path
 
 

@@ -198,7 +198,13 @@ class StudentArguments:
     prompt_levels: str | None = field(
         default=None, metadata={"help": "Comma list of prompt levels out of label,basic,detailed."}
     )
-    train_logit_scale: bool | None = field(default=None, metadata={"help": "Train CLIP's logit scale too."})
+    train_logit_scale: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Train CLIP's logit scale too (the paper recipes: true, as the reference). Default: the "
+            "student checkpoint's own setting (frozen for converted and Hugging Face CLIPs)."
+        },
+    )
     resampling: Resampling = field(
         default="difficulty",
         metadata={"help": "none, difficulty (reference) or difficulty_inverse_frequency (paper text)."},
@@ -539,7 +545,7 @@ def parse_script_args(
     sources.mark((k for k, v in derived.items() if v is not None), "derived")
 
     # Checks and corrections before TrainingArguments sets up the devices
-    _check_schedules(parser, namespace)
+    _check_values(parser, namespace)
     _check_output_dir(parser, namespace, sources, notes)
     _fit_machine(namespace, sources, notes)
     global_batch = _global_batch(parser, namespace, given, recipe, config, notes)
@@ -612,14 +618,28 @@ def _check_dataset_options(parser: ScriptArgumentParser, ns: argparse.Namespace)
         parser.error(f"--task {ns.task} does not apply to --dataset {ns.dataset}; its tasks: {', '.join(tasks)}")
 
 
-def _check_schedules(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:
+def _check_values(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:
+    """Values that are not a fixed choice but can still be checked before anything loads."""
+    from .cohort import parse_class_map
+
     try:
         if ns.lr_schedule:
             parse_lr_schedule(ns.lr_schedule)
         if ns.split_seeds:
             parse_seeds(ns.split_seeds)
-    except ValueError as error:
+        if getattr(ns, "class_map", None):
+            parse_class_map(ns.class_map)
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
+    share = getattr(ns, "min_class_share", None)
+    if share is not None and not 0.0 <= share <= 1.0:
+        parser.error(f"--min_class_share must lie in [0, 1] (0: the reference formula), got {share}")
+    cache_mb = getattr(ns, "teacher_cache_max_mb", None)
+    if cache_mb is not None and cache_mb < 0:
+        parser.error(f"--teacher_cache_max_mb must be >= 0 (0 stores nothing; omit it for no bound), got {cache_mb}")
+    if getattr(ns, "external_cohort", False) and ns.split_seeds:
+        parser.error("--external_cohort evaluates every image of the folder, the same for every seed: "
+                     "drop --split_seeds")
 
 
 def _check_output_dir(parser: ScriptArgumentParser, ns: argparse.Namespace, sources: _Sources, notes: list[str]):
