@@ -61,16 +61,8 @@ def _scale_integer_gray(image: Image.Image) -> Image.Image:
     """
     values = np.asarray(image).astype(np.float64)
     if image.mode in _SIXTEEN_BIT_MODES:
-        scaled = values / 257.0
-    else:
-        low, high = float(values.min()), float(values.max())
-        if 0.0 <= low and high <= 65535.0:
-            scaled = values / 257.0
-        elif high > low:
-            scaled = (values - low) * (255.0 / (high - low))
-        else:
-            scaled = np.zeros_like(values)
-    return _gray_to_rgb(np.rint(scaled).astype(np.uint8))
+        return _gray_to_rgb(np.rint(values / 257.0).astype(np.uint8))
+    return _levels_to_rgb(values, full_scale=65535.0)
 
 
 def _scale_float_gray(image: Image.Image) -> Image.Image:
@@ -78,9 +70,15 @@ def _scale_float_gray(image: Image.Image) -> Image.Image:
     values = np.asarray(image).astype(np.float64)
     if not np.isfinite(values).all():
         raise ValueError("A mode 'F' image contains NaN or infinite values; it cannot be mapped to RGB.")
+    return _levels_to_rgb(values, full_scale=1.0)
+
+
+def _levels_to_rgb(values: np.ndarray, full_scale: float) -> Image.Image:
+    """Grey levels in [0, full_scale] are intensities (scaled to 0-255); any other range is stretched linearly
+    from min to max; a constant image outside it is black."""
     low, high = float(values.min()), float(values.max())
-    if 0.0 <= low and high <= 1.0:
-        scaled = values * 255.0
+    if 0.0 <= low and high <= full_scale:
+        scaled = values * (255.0 / full_scale)
     elif high > low:
         scaled = (values - low) * (255.0 / (high - low))
     else:

@@ -28,11 +28,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_amlpf import CLIP_LOGIT_SCALE_MAX, AmlpfClipConfig, AmlpfTeacherConfig
+from .configuration_amlpf import AmlpfClipConfig, AmlpfTeacherConfig
 
 logger = logging.get_logger(__name__)
 
-MAX_LOGIT_SCALE = CLIP_LOGIT_SCALE_MAX  # CLIP's bound; applied only with config.logit_scale_max
 
 
 @dataclass

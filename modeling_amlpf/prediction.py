@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data.index import IMAGE_SUFFIXES, is_image_name, is_os_metadata, join_relative, walk_files
+from .data.index import IMAGE_SUFFIXES, is_os_metadata, join_relative, split_image_files, walk_files
 from .image_decoding import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -147,15 +147,11 @@ def find_images(
 
     for item in map(os.fspath, inputs):
         if os.path.isdir(item):
-            found = 0
-            for relative in walk_files(item):
-                full = join_relative(item, relative)
-                if is_image_name(relative):
-                    add(full)
-                    found += 1
-                else:
-                    skipped.append(full)
-            if not found:
+            images, others = split_image_files(walk_files(item))
+            skipped += [join_relative(item, relative) for relative in others]
+            for relative in images:
+                add(join_relative(item, relative))
+            if not images:
                 raise PredictionInputError(
                     f"no image files in folder {item} (searched recursively for {' '.join(IMAGE_SUFFIXES)}; "
                     "hidden files and OS clutter are skipped)."
