@@ -33,7 +33,7 @@ import torch
 from huggingface_hub import HfApi
 from transformers import AutoModel, AutoTokenizer, set_seed
 
-from modeling_amlpf.arguments import (
+from modeling_amlpf.cli.arguments import (
     DataArguments,
     StudentArguments,
     default_hub_model_id,
@@ -43,28 +43,8 @@ from modeling_amlpf.arguments import (
     parse_script_args,
     with_output_dir,
 )
-from modeling_amlpf.class_names import check_class_names
-from modeling_amlpf.data import read_provenance
-from modeling_amlpf.evaluation import (
-    default_evaluation_dir,
-    evaluate_split,
-    evaluation_facts,
-    evaluation_output_dir,
-    save_metrics,
-    score_split,
-    strip_prefix,
-    write_evaluation_summary,
-    write_splits_summary,
-)
-from modeling_amlpf.figures import run_title, write_run_figures, write_splits_figure
-from modeling_amlpf.launch import UserError, run_cli, setup_logging
-from modeling_amlpf.metrics import make_compute_metrics
-from modeling_amlpf.metrics.reporting import render_metrics_table
-from modeling_amlpf.model_card import ModelCardFacts, write_model_card
-from modeling_amlpf.pretrained import is_local_path, load_student
-from modeling_amlpf.prompts import load_prompts, parse_levels, select_levels, template_prompts
-from modeling_amlpf.resampling import ClassBalancedResampling, FusionWeightLogging
-from modeling_amlpf.run_data import (
+from modeling_amlpf.cli.launch import UserError, run_cli, setup_logging
+from modeling_amlpf.cli.run_data import (
     check_evaluated_checkpoint,
     check_teacher_split,
     export_run_split,
@@ -73,11 +53,30 @@ from modeling_amlpf.run_data import (
     match_model_classes,
     model_class_names,
 )
-from modeling_amlpf.run_files import LoadableCheckpoints, push_output_folder
-from modeling_amlpf.teacher_cache import TeacherLogitCache
-from modeling_amlpf.teacher_inputs import load_teacher_processor
-from modeling_amlpf.trainers import DistillationTrainer, training_collator
-from modeling_amlpf.training_views import ViewEpochCallback, attach_views
+from modeling_amlpf.cli.run_files import LoadableCheckpoints, push_output_folder
+from modeling_amlpf.data import read_provenance
+from modeling_amlpf.data.class_names import check_class_names
+from modeling_amlpf.evaluation.figures import run_title, write_run_figures, write_splits_figure
+from modeling_amlpf.evaluation.metrics import make_compute_metrics
+from modeling_amlpf.evaluation.metrics.reporting import render_metrics_table
+from modeling_amlpf.evaluation.model_card import ModelCardFacts, write_model_card
+from modeling_amlpf.evaluation.scoring import (
+    default_evaluation_dir,
+    evaluation_facts,
+    evaluation_output_dir,
+    save_metrics,
+    score_split,
+    strip_prefix,
+    write_evaluation_summary,
+    write_splits_summary,
+)
+from modeling_amlpf.pretrained.prompts import load_prompts, parse_levels, select_levels, template_prompts
+from modeling_amlpf.pretrained.weights import is_local_path, load_student
+from modeling_amlpf.training.resampling import ClassBalancedResampling, FusionWeightLogging
+from modeling_amlpf.training.teacher_cache import TeacherLogitCache
+from modeling_amlpf.training.teacher_inputs import load_teacher_processor
+from modeling_amlpf.training.trainers import DistillationTrainer, training_collator
+from modeling_amlpf.training.views import ViewEpochCallback, attach_views
 
 logger = logging.getLogger("distill_student")
 
@@ -404,8 +403,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         run = data_args.run_name()
         if model_args.do_zero_shot:  # the untrained student: prompts only
-            evaluate_split(trainer, views["test"], class_names, output_dir, prefix="zero_shot",
-                           model_kind="student (zero-shot)", split_name="test", dataset_name=run)
+            score_split(trainer, views["test"], class_names, output_dir, prefix="zero_shot",
+                        model_kind="student (zero-shot)", split_name="test", dataset_name=run)
 
         # Train (model selection on validation), evaluate, predict on test
         if args.do_train:

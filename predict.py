@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 import modeling_amlpf  # noqa: F401  (registers the Auto classes: checkpoints load without trust_remote_code)
-from modeling_amlpf.prediction import (
+from modeling_amlpf.evaluation.prediction import (
     PRECISIONS,
     PredictionInputError,
     UnreadableImageError,

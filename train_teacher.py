@@ -25,7 +25,7 @@ from huggingface_hub import HfApi
 from transformers import AutoModel, default_data_collator, set_seed
 
 from modeling_amlpf import AmlpfTeacherConfig, AmlpfTeacherForImageClassification
-from modeling_amlpf.arguments import (
+from modeling_amlpf.cli.arguments import (
     TeacherArguments,
     default_hub_model_id,
     output_name,
@@ -34,9 +34,23 @@ from modeling_amlpf.arguments import (
     parse_script_args,
     with_output_dir,
 )
-from modeling_amlpf.class_names import check_class_names
+from modeling_amlpf.cli.launch import UserError, run_cli, setup_logging
+from modeling_amlpf.cli.run_data import (
+    check_evaluated_checkpoint,
+    export_run_split,
+    load_processor,
+    load_split,
+    match_model_classes,
+    model_class_names,
+)
+from modeling_amlpf.cli.run_files import LoadableCheckpoints, push_output_folder
 from modeling_amlpf.data import read_provenance
-from modeling_amlpf.evaluation import (
+from modeling_amlpf.data.class_names import check_class_names
+from modeling_amlpf.evaluation.figures import run_title, write_run_figures, write_splits_figure
+from modeling_amlpf.evaluation.metrics import make_compute_metrics
+from modeling_amlpf.evaluation.metrics.reporting import render_metrics_table
+from modeling_amlpf.evaluation.model_card import ModelCardFacts, write_model_card
+from modeling_amlpf.evaluation.scoring import (
     default_evaluation_dir,
     evaluation_facts,
     evaluation_output_dir,
@@ -46,22 +60,8 @@ from modeling_amlpf.evaluation import (
     write_evaluation_summary,
     write_splits_summary,
 )
-from modeling_amlpf.figures import run_title, write_run_figures, write_splits_figure
-from modeling_amlpf.launch import UserError, run_cli, setup_logging
-from modeling_amlpf.metrics import make_compute_metrics
-from modeling_amlpf.metrics.reporting import render_metrics_table
-from modeling_amlpf.model_card import ModelCardFacts, write_model_card
-from modeling_amlpf.run_data import (
-    check_evaluated_checkpoint,
-    export_run_split,
-    load_processor,
-    load_split,
-    match_model_classes,
-    model_class_names,
-)
-from modeling_amlpf.run_files import LoadableCheckpoints, push_output_folder
-from modeling_amlpf.trainers import AmlpfTrainer
-from modeling_amlpf.training_views import ViewEpochCallback, attach_views
+from modeling_amlpf.training.trainers import AmlpfTrainer
+from modeling_amlpf.training.views import ViewEpochCallback, attach_views
 
 logger = logging.getLogger("train_teacher")
 
@@ -94,7 +94,7 @@ def build_teacher(model_args: TeacherArguments, class_names: list[str]):
     model = AmlpfTeacherForImageClassification(config)
     source = model_args.teacher_weights or model_args.teacher_backbone
     if source:
-        from modeling_amlpf.pretrained import load_teacher_backbone
+        from modeling_amlpf.pretrained.weights import load_teacher_backbone
 
         logger.info(load_teacher_backbone(model, source))
     elif config.backbone_weights is None:

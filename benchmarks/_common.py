@@ -193,7 +193,7 @@ def build_rn50_student(class_names: list[str] | None = None):
 
     from modeling_amlpf import AmlpfClipConfig, AmlpfClipForImageClassification
     from modeling_amlpf.data import DEMO_CLASS_NAMES
-    from modeling_amlpf.prompts import load_prompts
+    from modeling_amlpf.pretrained.prompts import load_prompts
 
     class_names = list(class_names or DEMO_CLASS_NAMES)
     tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "configs" / "models" / "student-tiny")

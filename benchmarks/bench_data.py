@@ -37,7 +37,7 @@ from _common import (  # before modeling_amlpf: offline environment, repository 
 from PIL import Image, ImageDraw, ImageFilter
 from torchvision.transforms import InterpolationMode
 
-from modeling_amlpf.image_processing_amlpf import AmlpfImageProcessor
+from modeling_amlpf.models.image_processing_amlpf import AmlpfImageProcessor
 
 # (name, height, width, format) as distributed.
 DATASET_FILES = (

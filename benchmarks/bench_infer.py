@@ -38,8 +38,8 @@ from torch.utils.benchmark import Measurement, Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from modeling_amlpf import AmlpfTeacherConfig, AmlpfTeacherForImageClassification
-from modeling_amlpf.configuration_amlpf import UNI_BACKBONE, UNI_BACKBONE_KWARGS
 from modeling_amlpf.data import DEMO_CLASS_NAMES
+from modeling_amlpf.models.configuration_amlpf import UNI_BACKBONE, UNI_BACKBONE_KWARGS
 
 TARGET_FRACTION = 0.5
 TARGET_MIN_VIEWS = 8

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Figures of the exact teacher-logit cache (`modeling_amlpf.teacher_cache`): the `teacher_cache` block that
+"""Figures of the exact teacher-logit cache (`modeling_amlpf.training.teacher_cache`): the `teacher_cache` block that
 `bench_train.py` writes into its JSON (`measure(quick)`), also runnable alone.
 
 * `view_forward_fraction`: teacher view forwards with the cache / without it over the paper's schedule
@@ -40,9 +40,9 @@ import torch
 from _common import REPO_ROOT, base_parser, build_rn50_student, environment, print_table, setup_threads, write_json
 
 from modeling_amlpf import AmlpfImageProcessor
-from modeling_amlpf.sampling import ClassBalancedSampler
-from modeling_amlpf.teacher_cache import TeacherLogitCache, view_keys
-from modeling_amlpf.training_views import DrawIndexedSampler, view_seed
+from modeling_amlpf.training.resampling import ClassBalancedSampler
+from modeling_amlpf.training.teacher_cache import TeacherLogitCache, view_keys
+from modeling_amlpf.training.views import DrawIndexedSampler, view_seed
 
 TARGET_FRACTION = 0.25
 EPOCHS = 100
@@ -210,8 +210,8 @@ def tiny_batches(epochs: int, images: int, batch_size: int, seed: int) -> list[d
     from torch.utils.data import DataLoader
     from transformers import default_data_collator
 
-    from modeling_amlpf.image_processing_amlpf import TINY_PRESET
-    from modeling_amlpf.training_views import attach_views
+    from modeling_amlpf.models.image_processing_amlpf import TINY_PRESET
+    from modeling_amlpf.training.views import attach_views
 
     with tempfile.TemporaryDirectory() as root:
         dataset = _tiny_data(root, images, seed)
@@ -265,7 +265,7 @@ def measured_step_ratio(batches: list[dict], teacher, student, rounds: int) -> d
     """Distillation steps (teacher or cache, student forward + CE + L2 KD + backward + AdamW) over `batches`,
     with and without the cache, interleaved step by step (a burst of foreign load hits both variants alike);
     each round starts from the same student and an empty cache. The first round warms up."""
-    from modeling_amlpf.losses import distillation_loss
+    from modeling_amlpf.training.losses import distillation_loss
 
     def run_teacher(views):
         return teacher(pixel_values=views).logits
@@ -325,8 +325,8 @@ def per_view_costs(views: int, iterations: int) -> dict:
     """Seconds per view: UNI-sized teacher forward (no grad) and RN50 student forward + backward, timed
     alternately (one call of each per iteration, after one warm-up call each), median over iterations."""
     from modeling_amlpf import AmlpfTeacherConfig, AmlpfTeacherForImageClassification
-    from modeling_amlpf.configuration_amlpf import UNI_BACKBONE, UNI_BACKBONE_KWARGS
     from modeling_amlpf.data import DEMO_CLASS_NAMES
+    from modeling_amlpf.models.configuration_amlpf import UNI_BACKBONE, UNI_BACKBONE_KWARGS
 
     torch.manual_seed(0)
     config = AmlpfTeacherConfig(

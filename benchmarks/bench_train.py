@@ -55,11 +55,11 @@ from transformers import AutoConfig, AutoModel, TrainerCallback, TrainingArgumen
 
 from modeling_amlpf import AmlpfImageProcessor, AmlpfTeacherConfig
 from modeling_amlpf.data import DEMO_CLASS_NAMES, load_histo_dataset
-from modeling_amlpf.losses import distillation_loss
-from modeling_amlpf.presets import TINY_PROCESSOR
-from modeling_amlpf.resampling import ClassBalancedResampling
-from modeling_amlpf.trainers import SAMPLE_INDEX, DistillationTrainer, training_collator
-from modeling_amlpf.training_views import ViewEpochCallback, attach_views
+from modeling_amlpf.pretrained.presets import TINY_PROCESSOR
+from modeling_amlpf.training.losses import distillation_loss
+from modeling_amlpf.training.resampling import ClassBalancedResampling
+from modeling_amlpf.training.trainers import SAMPLE_INDEX, DistillationTrainer, training_collator
+from modeling_amlpf.training.views import ViewEpochCallback, attach_views
 
 TEACHER_TINY = REPO_ROOT / "configs" / "models" / "teacher-tiny"
 STUDENT_TINY = REPO_ROOT / "configs" / "models" / "student-tiny"

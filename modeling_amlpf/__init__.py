@@ -18,9 +18,9 @@ from transformers import (
     AutoVideoProcessor,
 )
 
-from .configuration_amlpf import AmlpfClipConfig, AmlpfTeacherConfig
-from .image_processing_amlpf import AmlpfImageProcessor
-from .modeling_amlpf import (
+from .models.configuration_amlpf import AmlpfClipConfig, AmlpfTeacherConfig
+from .models.image_processing_amlpf import AmlpfImageProcessor
+from .models.modeling_amlpf import (
     AmlpfClipForImageClassification,
     AmlpfClipOutput,
     AmlpfImageClassifierOutput,

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import TrainerCallback  # noqa: E402
 
 import distill_student  # noqa: E402
-from modeling_amlpf import trainers  # noqa: E402
-from modeling_amlpf.resampling import ClassBalancedResampling  # noqa: E402
+from modeling_amlpf.training import trainers  # noqa: E402
+from modeling_amlpf.training.resampling import ClassBalancedResampling  # noqa: E402
 
 RECORD = {"streams": {}, "batches": {}, "weights": []}
 

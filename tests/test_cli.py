@@ -116,7 +116,7 @@ def test_missing_teacher_student_and_data_give_actionable_errors(lung_env, tmp_p
 def test_config_file_flags_and_derived_defaults(tmp_path, monkeypatch):
     """Lowest first: protocol defaults, the config file (shared keys + the script's section), flags; then the
     defaults derived from the dataset fill what is still unset. paper_results is not a setting."""
-    from modeling_amlpf.arguments import parse_script_args
+    from modeling_amlpf.cli.arguments import parse_script_args
 
     monkeypatch.setenv("AMLPF_OUTPUT_DIR", str(tmp_path / "out"))
     config = tiny_config(tmp_path / "c.yaml", dataset="lunghist700", task="7class",

@@ -23,10 +23,10 @@ from huggingface_hub.utils import validate_repo_id
 
 import distill_student
 import train_teacher
-from modeling_amlpf import arguments
-from modeling_amlpf.arguments import parse_script_args
+from modeling_amlpf.cli import arguments
+from modeling_amlpf.cli.arguments import parse_script_args
+from modeling_amlpf.cli.launch import has_accelerator
 from modeling_amlpf.data import data_root_tag
-from modeling_amlpf.launch import has_accelerator
 
 TEACHER_SCRIPT = str(REPO_ROOT / "train_teacher.py")
 STUDENT_SCRIPT = str(REPO_ROOT / "distill_student.py")
@@ -167,13 +167,13 @@ def test_dataset_names_are_case_insensitive_and_the_recipe_and_arguments_are_log
 
 
 def test_the_effective_arguments_hide_tokens(outputs, caplog):
-    caplog.set_level("INFO", logger="modeling_amlpf.arguments")
+    caplog.set_level("INFO", logger="modeling_amlpf.cli.arguments")
     parse(train_teacher, ["--dataset", "demo", "--hub_token", "hf_secret123"])
     assert "  hub_token = <hidden>  [flag]" in caplog.text and "hf_secret123" not in caplog.text
 
 
 def test_without_a_recipe_the_log_says_so(outputs, caplog):
-    caplog.set_level("INFO", logger="modeling_amlpf.arguments")
+    caplog.set_level("INFO", logger="modeling_amlpf.cli.arguments")
     parse(train_teacher, ["--dataset", "lunghist700", "--config", "none"])
     assert "Recipe: none (--config none): flags and TrainingArguments' own defaults apply" in caplog.text
     caplog.clear()
@@ -307,7 +307,7 @@ def test_the_default_hub_repo_is_logged_by_the_script(tmp_path):
 # ----------------------------------------------------------------------------------------------------- 14.9 noise
 def test_other_processes_leave_a_parse_error_to_the_main_process(outputs, capsys, monkeypatch):
     """Rank 1 waits (the launcher stops it when rank 0 exits with the same error) and only then speaks, marked."""
-    from modeling_amlpf import launch as launch_module
+    from modeling_amlpf.cli import launch as launch_module
 
     assert launch_module.REPLICA_GRACE_S >= 2  # time for the main process to print and exit first
     monkeypatch.setattr(launch_module, "REPLICA_GRACE_S", 0.0)
@@ -333,7 +333,7 @@ def test_a_user_error_under_accelerate_launch_prints_once(tmp_path):
 
 def test_dataloader_workers_fit_the_machine(outputs, monkeypatch, caplog):
     monkeypatch.setattr(arguments, "available_cpus", lambda: 3)
-    caplog.set_level("INFO", logger="modeling_amlpf.arguments")
+    caplog.set_level("INFO", logger="modeling_amlpf.cli.arguments")
     *_, training = parse(train_teacher, ["--dataset", "chaoyang"])  # the recipe asks for 4
     assert training.dataloader_num_workers == 3
     assert "dataloader_num_workers 4 lowered to 3: this machine has 3 CPU core(s) for 1 process(es)" in caplog.text
@@ -362,7 +362,7 @@ def test_installing_the_package_prints_no_setuptools_warning(tmp_path):
     from zipfile import ZipFile
 
     names = ZipFile(next((tmp_path / "dist").glob("amlpf-*.whl"))).namelist()
-    assert "modeling_amlpf/metrics/amlpf_classification/amlpf_classification.py" in names
+    assert "modeling_amlpf/evaluation/metrics/amlpf_classification/amlpf_classification.py" in names
     assert not [n for n in names if "__pycache__" in n]
 
 
@@ -390,7 +390,7 @@ def test_accelerate_launch_on_cpus_trains_data_parallel(tmp_path):
 
 # ---------------------------------------------------------------------------------------- 11.8 the global batch
 def test_the_global_batch_is_split_over_accumulation_or_refused(outputs, tmp_path, capsys, caplog):
-    caplog.set_level("INFO", logger="modeling_amlpf.arguments")
+    caplog.set_level("INFO", logger="modeling_amlpf.cli.arguments")
     *_, training = parse(distill_student, ["--dataset", "lunghist700", "--gradient_accumulation_steps", "3"])
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (6, 3)  # 18 = 1 x 3 x 6
     assert "global batch 18 = 1 process(es) x 3 accumulation step(s) x 6 per device" in caplog.text
@@ -423,7 +423,7 @@ def test_a_global_batch_that_does_not_divide_is_refused(tmp_path):
 
 
 def test_paper_recipes_state_the_global_batch():
-    from modeling_amlpf.arguments import CONFIG_DIR, read_config
+    from modeling_amlpf.cli.arguments import CONFIG_DIR, read_config
 
     for dataset in ("chaoyang", "breakhis", "lunghist700"):
         teacher = read_config(CONFIG_DIR / f"{dataset}.yaml", "teacher")

@@ -17,11 +17,11 @@ from conftest import REPO_ROOT, TEACHER_TINY
 from data_trees import make_imagefolder_tree
 from transformers import AutoConfig, AutoModel
 
-from modeling_amlpf.arguments import DataArguments
-from modeling_amlpf.cohort import map_class_names, parse_class_map, relabel_to_model_classes
+from modeling_amlpf.cli.arguments import DataArguments
+from modeling_amlpf.cli.run_data import RunDataError, check_teacher_split, load_split
 from modeling_amlpf.data import export_split, load_histo_dataset, read_provenance
-from modeling_amlpf.image_processing_amlpf import AmlpfImageProcessor
-from modeling_amlpf.run_data import RunDataError, check_teacher_split, load_split
+from modeling_amlpf.data.cohort import map_class_names, parse_class_map, relabel_to_model_classes
+from modeling_amlpf.models.image_processing_amlpf import AmlpfImageProcessor
 
 MODEL_CLASSES = ["normal", "tumor"]
 

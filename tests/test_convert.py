@@ -11,8 +11,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, OPENAI_CLIP_MEAN
 from transformers.utils import ModelOutput
 
 import modeling_amlpf  # noqa: F401  (registers the Auto classes)
-from modeling_amlpf import convert
-from modeling_amlpf.prompts import load_prompt_spec
+from modeling_amlpf.pretrained import convert
+from modeling_amlpf.pretrained.prompts import load_prompt_spec
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -23,8 +23,8 @@ from data_trees import make_imagefolder_tree
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 import distill_student
-from modeling_amlpf.arguments import StudentArguments
-from modeling_amlpf.launch import UserError
+from modeling_amlpf.cli.arguments import StudentArguments
+from modeling_amlpf.cli.launch import UserError
 
 CLASSES = ["normal", "tumor"]
 MODULE_FILES = ("modeling_amlpf.py", "configuration_amlpf.py", "image_processing_amlpf.py", "image_decoding.py")
@@ -250,7 +250,7 @@ def test_levels_a_checkpoint_lacks_are_refused(two_level_checkpoint, trained, tm
 
 
 def test_an_unlearned_level_or_another_fusion_is_refused_in_an_evaluation(two_level_checkpoint):
-    from modeling_amlpf.prompts import template_prompts
+    from modeling_amlpf.pretrained.prompts import template_prompts
 
     args = StudentArguments(model_name_or_path=str(two_level_checkpoint), prompt_levels="basic,detailed")
     with pytest.raises(UserError, match=r"\['basic'\] has no learned fusion weight"):
@@ -266,8 +266,8 @@ def test_an_unlearned_level_or_another_fusion_is_refused_in_an_evaluation(two_le
 
 # ------------------------------------------------------------------------------------------ 14.10 summaries
 def test_splits_summary_and_resampling_history_are_strict_json(tmp_path):
-    from modeling_amlpf.evaluation import write_splits_summary
-    from modeling_amlpf.resampling import HISTORY_NAME, ClassBalancedResampling
+    from modeling_amlpf.evaluation.scoring import write_splits_summary
+    from modeling_amlpf.training.resampling import HISTORY_NAME, ClassBalancedResampling
 
     nan = float("nan")
     per_split = {1: {"accuracy": 0.5, "macro_auroc": nan}, 2: {"accuracy": 0.7, "macro_auroc": nan}}

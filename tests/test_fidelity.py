@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from transformers import TrainingArguments, default_data_collator
 
-from modeling_amlpf.image_processing_amlpf import TINY_PRESET, AmlpfImageProcessor
-from modeling_amlpf.losses import distillation_loss
-from modeling_amlpf.teacher_inputs import load_teacher_processor, teacher_input_map
-from modeling_amlpf.trainers import AmlpfTrainer, DistillationTrainer
+from modeling_amlpf.models.image_processing_amlpf import TINY_PRESET, AmlpfImageProcessor
+from modeling_amlpf.training.losses import distillation_loss
+from modeling_amlpf.training.teacher_inputs import load_teacher_processor, teacher_input_map
+from modeling_amlpf.training.trainers import AmlpfTrainer, DistillationTrainer
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -147,7 +147,7 @@ def test_logit_scale_max_round_trips_and_old_configs_keep_their_bound(tmp_path, 
 
 
 def test_paper_recipes_train_the_logit_scale_unclipped():
-    from modeling_amlpf.arguments import CONFIG_DIR, read_config
+    from modeling_amlpf.cli.arguments import CONFIG_DIR, read_config
 
     for dataset in ("chaoyang", "breakhis", "lunghist700"):
         student = read_config(CONFIG_DIR / f"{dataset}.yaml", "student")
@@ -159,8 +159,8 @@ def test_recipe_train_logit_scale_makes_the_logit_scale_trainable(tmp_path):
     from conftest import STUDENT_TINY
 
     import distill_student
-    from modeling_amlpf.arguments import StudentArguments, parse_script_args
-    from modeling_amlpf.prompts import template_prompts
+    from modeling_amlpf.cli.arguments import StudentArguments, parse_script_args
+    from modeling_amlpf.pretrained.prompts import template_prompts
 
     argv = ["--dataset", "breakhis", "--student_model", str(STUDENT_TINY), "--output_dir", str(tmp_path)]
     _, model_args, _, _ = parse_script_args(
@@ -254,7 +254,7 @@ def _distillation_batch():
 
 @pytest.mark.parametrize("cached", [False, True])
 def test_distillation_trainer_feeds_the_teacher_its_own_normalisation(tmp_path, tiny_student, tiny_teacher, cached):
-    from modeling_amlpf.teacher_cache import TeacherLogitCache
+    from modeling_amlpf.training.teacher_cache import TeacherLogitCache
 
     student_model, _ = tiny_student
     with torch.no_grad():  # layer scales of a trained ViT, not timm's 1e-5 init: the logits depend on the input

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_amlpf.image_decoding import open_image, to_rgb
-from modeling_amlpf.image_processing_amlpf import TINY_PRESET, AmlpfImageProcessor
+from modeling_amlpf.models.image_decoding import open_image, to_rgb
+from modeling_amlpf.models.image_processing_amlpf import TINY_PRESET, AmlpfImageProcessor
 
 
 def pixel(image, x=0, y=0):

@@ -20,7 +20,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from modeling_amlpf.image_processing_amlpf import TINY_PRESET, AmlpfImageProcessor
+from modeling_amlpf.models.image_processing_amlpf import TINY_PRESET, AmlpfImageProcessor
 
 MEAN = [0.485, 0.456, 0.406]  # ImageNet, written out so the test does not reuse the module's constants
 STD = [0.229, 0.224, 0.225]
@@ -497,7 +497,7 @@ def test_a_clip_folder_maps_onto_the_processor(tmp_path):
     from transformers.utils import logging
 
     CLIPImageProcessor().save_pretrained(tmp_path / "clip")
-    logger = logging.get_logger("modeling_amlpf.image_processing_amlpf")
+    logger = logging.get_logger("modeling_amlpf.models.image_processing_amlpf")
     with CaptureLogger(logger) as captured:
         processor = AmlpfImageProcessor.from_pretrained(tmp_path / "clip")
     assert "CLIPImageProcessor" in captured.out and "resample" in captured.out and "size" in captured.out

@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
-from modeling_amlpf.metrics import (  # noqa: E402
+from modeling_amlpf.evaluation.metrics import (  # noqa: E402
     METRIC_MODULE_PATH,
     METRIC_TITLES,
     compute_classification_metrics,
@@ -477,7 +477,7 @@ def test_confusion_matrix_shape_must_match_names(tmp_path):
 
 
 def test_check_class_names_passes_one_name_in_two_unicode_forms():
-    from modeling_amlpf.class_names import check_class_names
+    from modeling_amlpf.data.class_names import check_class_names
 
     found = check_class_names([f"Ad{NFD_E}nocarcinome", "normal"], [f"Ad{NFC_E}nocarcinome", "normal"],
                               source="prompts.json", fix="edit the file")
@@ -485,7 +485,7 @@ def test_check_class_names_passes_one_name_in_two_unicode_forms():
 
 
 def test_check_class_names_says_what_is_missing_extra_and_why():
-    from modeling_amlpf.class_names import check_class_names
+    from modeling_amlpf.data.class_names import check_class_names
 
     with pytest.raises(ValueError) as info:
         check_class_names(["normal", "Tumor"], ["normal", "tumor", "stroma"], source="prompts.json",

@@ -9,10 +9,10 @@ import yaml
 from huggingface_hub import ModelCard
 
 from modeling_amlpf import AmlpfClipForImageClassification, AmlpfTeacherConfig, AmlpfTeacherForImageClassification
-from modeling_amlpf.configuration_amlpf import UNI_BACKBONE
-from modeling_amlpf.metrics import METRIC_TITLES
-from modeling_amlpf.model_card import ModelCardFacts, render_model_card, write_model_card
-from modeling_amlpf.presets import build_tiny_tokenizer, tiny_student_config
+from modeling_amlpf.evaluation.metrics import METRIC_TITLES
+from modeling_amlpf.evaluation.model_card import ModelCardFacts, render_model_card, write_model_card
+from modeling_amlpf.models.configuration_amlpf import UNI_BACKBONE
+from modeling_amlpf.pretrained.presets import build_tiny_tokenizer, tiny_student_config
 
 CLASSES = ["normal", "serrated", "adénocarcinome", "鳞状细胞癌"]
 PROMPTS = {

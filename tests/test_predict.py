@@ -18,7 +18,7 @@ from PIL import Image
 
 import predict
 from modeling_amlpf import AmlpfImageProcessor
-from modeling_amlpf.prediction import (
+from modeling_amlpf.evaluation.prediction import (
     class_colors,
     crop_boxes,
     find_images,

@@ -25,8 +25,8 @@ from modeling_amlpf import (
     AmlpfTeacherForImageClassification,
     pretrained,
 )
-from modeling_amlpf.configuration_amlpf import UNI_BACKBONE, UNI_BACKBONE_KWARGS
-from modeling_amlpf.presets import build_tiny_tokenizer
+from modeling_amlpf.models.configuration_amlpf import UNI_BACKBONE, UNI_BACKBONE_KWARGS
+from modeling_amlpf.pretrained.presets import build_tiny_tokenizer
 
 # UNI's architecture (LayerScale, dynamic image size) at a size that builds in milliseconds.
 TINY_VIT = dict(
@@ -378,7 +378,7 @@ def test_load_student_dispatches_on_the_checkpoint_kind(clip_dir, tokenizer, tmp
 
 
 def test_config_only_preset_gives_a_randomly_initialised_student(tmp_path, tokenizer, images):
-    from modeling_amlpf.presets import tiny_student_config
+    from modeling_amlpf.pretrained.presets import tiny_student_config
 
     preset = tmp_path / "student-tiny"
     model = AmlpfClipForImageClassification(tiny_student_config(tokenizer, CLASSES))

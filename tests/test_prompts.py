@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from modeling_amlpf.prompts import (
+from modeling_amlpf.pretrained.prompts import (
     BUNDLED_PROMPTS_DIR,
     PROMPT_LEVELS,
     PROMPTS_DIR_ENV,

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from modeling_amlpf import figures
-from modeling_amlpf.report import main as report_main
-from modeling_amlpf.report import majority_baseline, render_report
+from modeling_amlpf.evaluation import figures
+from modeling_amlpf.evaluation.report import main as report_main
+from modeling_amlpf.evaluation.report import majority_baseline, render_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["alpha", "beta", "gamma"]

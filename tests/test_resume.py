@@ -53,9 +53,9 @@ def train(output_dir: Path, image_dir: Path, resume_from: str | None = None):
     from transformers import AutoConfig, AutoModel, TrainingArguments
 
     from modeling_amlpf import AmlpfImageProcessor
-    from modeling_amlpf.resampling import ClassBalancedResampling
-    from modeling_amlpf.trainers import DistillationTrainer, training_collator
-    from modeling_amlpf.training_views import ViewEpochCallback, attach_views
+    from modeling_amlpf.training.resampling import ClassBalancedResampling
+    from modeling_amlpf.training.trainers import DistillationTrainer, training_collator
+    from modeling_amlpf.training.views import ViewEpochCallback, attach_views
 
     paths = sorted(image_dir.glob("*.png"), key=lambda p: int(p.stem))
     features = Features(image=ImageFeature(mode="RGB"), label=ClassLabel(names=CLASS_NAMES))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_amlpf.losses import distillation_loss
-from modeling_amlpf.sampling import (
+from modeling_amlpf.training.losses import distillation_loss
+from modeling_amlpf.training.resampling import (
     DEFAULT_MIN_CLASS_SHARE,
     ClassBalancedSampler,
     class_difficulty_weights,

@@ -11,11 +11,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import TrainingArguments, default_data_collator
 
-from modeling_amlpf.image_processing_amlpf import AmlpfImageProcessor
-from modeling_amlpf.losses import distillation_loss
-from modeling_amlpf.sampling import ClassBalancedSampler
-from modeling_amlpf.teacher_cache import MERGE_EVERY, TeacherLogitCache, cache_fingerprint
-from modeling_amlpf.training_views import ViewEpochCallback, attach_views
+from modeling_amlpf.models.image_processing_amlpf import AmlpfImageProcessor
+from modeling_amlpf.training.losses import distillation_loss
+from modeling_amlpf.training.resampling import ClassBalancedSampler
+from modeling_amlpf.training.teacher_cache import MERGE_EVERY, TeacherLogitCache, cache_fingerprint
+from modeling_amlpf.training.views import ViewEpochCallback, attach_views
 
 CLASSES = ["normal", "hyperplastic", "adenoma", "carcinoma"]  # the tiny presets' classes
 LABELS = [0, 0, 0, 1, 1, 2, 2, 3]
@@ -210,7 +210,7 @@ def test_saved_cache_reloads_for_the_same_teacher_processor_and_split(parts, tin
 
 def test_distillation_trainer_with_cache_matches_without(parts, tiny_teacher, tiny_student, tmp_path):
     """End to end through the DistillationTrainer: same losses and weights with and without the cache."""
-    from modeling_amlpf.trainers import DistillationTrainer
+    from modeling_amlpf.training.trainers import DistillationTrainer
 
     student, _ = tiny_student
     initial = {k: v.clone() for k, v in student.state_dict().items()}

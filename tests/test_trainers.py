@@ -13,10 +13,14 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, default_data_collator
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from modeling_amlpf.losses import distillation_loss
-from modeling_amlpf.resampling import HISTORY_NAME, ClassBalancedResampling
-from modeling_amlpf.sampling import DEFAULT_MIN_CLASS_SHARE, class_difficulty_weights
-from modeling_amlpf.trainers import AmlpfTrainer, DistillationTrainer
+from modeling_amlpf.training.losses import distillation_loss
+from modeling_amlpf.training.resampling import (
+    DEFAULT_MIN_CLASS_SHARE,
+    HISTORY_NAME,
+    ClassBalancedResampling,
+    class_difficulty_weights,
+)
+from modeling_amlpf.training.trainers import AmlpfTrainer, DistillationTrainer
 
 LABELS = [0] * 10 + [1] * 6 + [2] * 4 + [3] * 4
 CLASS_NAMES = ["normal", "hyperplastic", "adenoma", "carcinoma"]  # the tiny student's classes
@@ -266,7 +270,7 @@ def test_teacher_with_other_classes_is_refused(tmp_path, tiny_student, tiny_teac
 
 
 def test_teacher_cache_needs_unused_columns_kept(tmp_path, tiny_student, tiny_teacher):
-    from modeling_amlpf.teacher_cache import TeacherLogitCache
+    from modeling_amlpf.training.teacher_cache import TeacherLogitCache
 
     student, _ = tiny_student
     with pytest.raises(ValueError, match="remove_unused_columns=False"):

@@ -15,9 +15,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import default_data_collator
 
-from modeling_amlpf.image_processing_amlpf import AmlpfImageProcessor
-from modeling_amlpf.sampling import ClassBalancedSampler
-from modeling_amlpf.training_views import (
+from modeling_amlpf.models.image_processing_amlpf import AmlpfImageProcessor
+from modeling_amlpf.training.resampling import ClassBalancedSampler
+from modeling_amlpf.training.views import (
     DrawIndexedSampler,
     TrainingViews,
     ViewEpochCallback,

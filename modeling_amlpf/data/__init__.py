@@ -14,7 +14,7 @@ with the data root and a content fingerprint of every image; `split_file=` reloa
 
 from .demo import DEMO_CLASS_NAMES, ensure_demo_data
 from .index import BadImageError, DataLayoutError
-from .loader import DATASET_NAMES, data_root_tag, default_data_dir, load_histo_dataset
+from .loader import DATASET_NAMES, data_root_tag, default_data_dir, load_histo_dataset, run_name
 from .scan import ScanReport, content_fingerprint
 from .split_files import (
     TrainingSplitCheck,
@@ -38,6 +38,7 @@ __all__ = [
     "content_fingerprint",
     "data_root_tag",
     "default_data_dir",
+    "run_name",
     "ensure_demo_data",
     "export_split",
     "export_split_txt",

@@ -53,6 +53,12 @@ def _data_dir_candidates(name: str) -> list[str]:
     return [os.path.abspath(os.path.join(base, folder)) for folder in dict.fromkeys(filter(None, names))]
 
 
+def run_name(args) -> str:
+    """Folder of a dataset/task under the output root, e.g. ``breakhis-binary-40x`` (works on a namespace too)."""
+    parts = [args.dataset] + [v for v in (args.task, args.magnification, args.resolution) if v]
+    return "-".join(str(p).lower() for p in parts)
+
+
 def default_data_dir(name: str) -> str:
     """`$AMLPF_DATA_DIR/<name>` (else `./data/<name>`), or the folder the download unpacks to beside it
     (`LungHist700`, `BreaKHis_v1`, `chaoyang-data`) when only that exists."""

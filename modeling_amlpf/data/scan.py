@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, ImageFile, ImageOps
 
-from ..image_decoding import needs_rgb8_copy, to_rgb
+from ..models.image_decoding import needs_rgb8_copy, to_rgb
 from .index import join_relative
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..class_names import normalize_class_name
+from ...data.class_names import normalize_class_name
+from ...utils import json_safe  # noqa: F401  (re-exported: results are written through it)
 
 # The one table of metric keys and their titles, in the order of the paper's result tables; the model card, the
 # summaries, the run report and the metrics tables all take their titles from here.
@@ -50,31 +51,6 @@ def per_class_recall_key(class_name: str) -> str:
     if not name.strip():
         raise ValueError(f"class name {class_name!r} is empty; every class needs a name to report its recall.")
     return PER_CLASS_RECALL_PREFIX + name
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN/inf as None (JSON ``null``), numpy scalars and arrays as Python values, tuples as lists.
-
-    ``json.dumps`` writes NaN as the bare word ``NaN``, which strict JSON parsers reject; an undefined metric
-    (AUROC with a single class in the test labels) must read back as ``null``. Use on everything written as
-    results (``trainer.save_metrics``, summaries, histories).
-    """
-    if isinstance(obj, Mapping):
-        return {json_safe(key) if not isinstance(key, str) else key: json_safe(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(value) for value in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # a torch tensor
-        return json_safe(obj.detach().cpu().tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    return obj
 
 
 def _is_scalar(value: Any) -> bool:

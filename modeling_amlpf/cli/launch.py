@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import torch
 
-from .data import DataLayoutError
-from .pretrained import HubAccessError
+from ..data import DataLayoutError
+from ..pretrained.weights import HubAccessError
+from ..utils import UserError
 
 TRACEBACK_ENV = "AMLPF_TRACEBACK"
 # How long a process other than the main one waits before it reports a user error itself. Every process of a
@@ -25,12 +26,6 @@ TRACEBACK_ENV = "AMLPF_TRACEBACK"
 # the same moment, prints, exits, and the launcher stops the others (SIGTERM) during this wait: one message.
 # An error that only this process meets is still reported, after the wait, marked with its rank.
 REPLICA_GRACE_S = 5.0
-
-
-class UserError(Exception):
-    """A mistake the user can fix (a flag, a file, a folder): the scripts print its message and exit with 2.
-
-    Raise it (or a subclass) for user-facing errors that are not already one of :data:`USER_ERRORS`."""
 
 
 # Exceptions that mean "the input is wrong" rather than "the code is wrong": a missing or unexpected file or

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .modeling_amlpf import aggregate_view_logits
+from ..models.modeling_amlpf import aggregate_view_logits
 
 _COORD_BITS = 16  # top + 1 and left + 1 (pixels of the upsized image) below 65,536
 _COORD_LIMIT = 1 << _COORD_BITS

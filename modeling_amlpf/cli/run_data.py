@@ -28,8 +28,8 @@ def load_split(data_args: DataArguments, split_seed: int, *, training: bool = Tr
 
     Training needs non-empty train and validation parts; an evaluation only a non-empty test part.
     """
-    from .data import load_histo_dataset
-    from .data.loader import EXTERNAL_COHORT_HINT
+    from ..data import load_histo_dataset
+    from ..data.loader import EXTERNAL_COHORT_HINT
 
     external = bool(data_args.external_cohort)
     if external and training:
@@ -67,7 +67,7 @@ def load_split(data_args: DataArguments, split_seed: int, *, training: bool = Tr
 
 def load_processor(*sources: str | None):
     """The processor saved with the first source (checkpoint or preset dir) that has one, else the paper's views."""
-    from .image_processing_amlpf import AmlpfImageProcessor
+    from ..models.image_processing_amlpf import AmlpfImageProcessor
 
     for source in sources:
         if source and (Path(source) / "preprocessor_config.json").is_file():
@@ -77,7 +77,7 @@ def load_processor(*sources: str | None):
 
 def export_run_split(dd, output_dir: str | Path) -> Path:
     """Write the run's exact split beside its model (``split.json``, publishable, reloadable with --split_file)."""
-    from .data import export_split
+    from ..data import export_split
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def export_run_split(dd, output_dir: str | Path) -> Path:
 def check_teacher_split(teacher_dir: str | Path, dd) -> None:
     """Refuse a teacher trained on other data, or on images of this split's test part (a leak through the
     teacher); images are compared by content fingerprint (``data.compare_with_training_split``)."""
-    from .data import compare_with_training_split
+    from ..data import compare_with_training_split
 
     path = Path(teacher_dir) / SPLIT_FILE
     if not path.is_file():
@@ -102,8 +102,8 @@ def check_evaluated_checkpoint(model_dir: str | Path, dd, *, external_cohort: bo
     """Before evaluating a checkpoint: refuse test images it was trained or selected on (its ``split.json``);
     when it was trained on other data, say that a generated split evaluates only part of this data. Returns
     the relation to the training data, for the evaluation summary (None without a split.json)."""
-    from .data import compare_with_training_split
-    from .data.split_files import LEAK, OTHER_DATA
+    from ..data import compare_with_training_split
+    from ..data.split_files import LEAK, OTHER_DATA
 
     path = Path(model_dir) / SPLIT_FILE
     if not path.is_file():
@@ -143,7 +143,7 @@ def match_model_classes(dd, model_classes: list[str], class_map=None, *, model_s
     ``class_map`` (see ``cohort.parse_class_map``). Data classes the model lacks raise; model classes absent from
     the data are logged (metrics over the present classes). ``facts``: ``class_map`` (data name -> model name,
     where they differ) and ``classes_absent_from_data``."""
-    from .cohort import map_class_names, parse_class_map, relabel_to_model_classes
+    from ..data.cohort import map_class_names, parse_class_map, relabel_to_model_classes
 
     data_classes = list(dd["test"].features["label"].names)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..class_names import normalize_class_names
+from ...data.class_names import normalize_class_names
 from .reporting import (
     METRIC_TITLES,
     TABLE_COLUMNS,

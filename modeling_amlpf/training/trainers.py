@@ -32,11 +32,9 @@ from transformers import Trainer, default_data_collator
 from transformers.utils import logging
 
 from .losses import KD_LOSSES, distillation_loss
+from .views import SAMPLE_INDEX, VIEW_GEOMETRY
 
 logger = logging.get_logger(__name__)
-
-SAMPLE_INDEX = "sample_index"
-VIEW_GEOMETRY = "view_geometry"
 
 
 def epoch_step_scheduler(optimizer, schedule: list[tuple[int, float]], steps_per_epoch: int, base_lr: float):
@@ -151,7 +149,7 @@ class DistillationTrainer(AmlpfTrainer):
         self.teacher = None
         self.teacher_cache = teacher_cache
         if teacher_model is not None and self.kd_weight > 0:
-            from .class_names import check_class_names
+            from ..data.class_names import check_class_names
 
             config = teacher_model.config
             check_class_names(

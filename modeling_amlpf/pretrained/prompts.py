@@ -22,10 +22,10 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .configuration_amlpf import PROMPT_LEVELS  # one definition for models and prompts
+from ..models.configuration_amlpf import PROMPT_LEVELS  # one definition for models and prompts
 
 PROMPTS_DIR_ENV = "AMLPF_PROMPTS_DIR"
-BUNDLED_PROMPTS_DIR = Path(__file__).resolve().parents[1] / "configs" / "prompts"
+BUNDLED_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
 PROMPT_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 SCHEMA_HINT = (
     "expected keys 'dataset', 'task', 'class_names' (list) and 'prompts' (mapping class name -> "

@@ -36,8 +36,8 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel
 from transformers.utils import logging
 
-from .configuration_amlpf import PROMPT_LEVELS, AmlpfClipConfig
-from .modeling_amlpf import AmlpfClipForImageClassification, AmlpfTeacherForImageClassification
+from ..models.configuration_amlpf import PROMPT_LEVELS, AmlpfClipConfig
+from ..models.modeling_amlpf import AmlpfClipForImageClassification, AmlpfTeacherForImageClassification
 
 logger = logging.get_logger(__name__)
 

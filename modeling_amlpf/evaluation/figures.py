@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from .arguments import CONFIG_DIR
+from ..utils import CONFIG_DIR
 from .metrics import METRIC_TITLES, TIME_KEY
 
 if TYPE_CHECKING:

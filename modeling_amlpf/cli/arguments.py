@@ -26,10 +26,14 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 from transformers.utils import logging
 
-from .configuration_amlpf import FUSION_MODES
-from .data import DATASET_NAMES, data_root_tag, default_data_dir
-from .data.layouts import LAYOUTS, breakhis, chaoyang, lunghist700
-from .data.loader import BAD_IMAGE_POLICIES
+from ..data import DATASET_NAMES, data_root_tag, default_data_dir, run_name
+from ..data.layouts import LAYOUTS, breakhis, chaoyang, lunghist700
+from ..data.loader import BAD_IMAGE_POLICIES
+from ..models.configuration_amlpf import FUSION_MODES
+from ..pretrained.prompts import parse_levels
+from ..training.losses import KD_LOSSES
+from ..training.resampling import DEFAULT_MIN_CLASS_SHARE, RESAMPLING_MODES
+from ..utils import CONFIG_DIR
 from .launch import (
     available_cpus,
     has_accelerator,
@@ -38,12 +42,8 @@ from .launch import (
     local_world_size,
     report_user_error,
 )
-from .losses import KD_LOSSES
-from .prompts import parse_levels
-from .sampling import DEFAULT_MIN_CLASS_SHARE, RESAMPLING_MODES
 
 OUTPUT_ROOT_ENV = "AMLPF_OUTPUT_DIR"
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 logger = logging.get_logger(__name__)
 
 TASKS = (*breakhis.TASKS, *lunghist700.TASKS)
@@ -272,12 +272,6 @@ class RunArguments:
         metadata={"help": "Train into a non-empty --output_dir from scratch. Without it, a checkpoint there is "
                           "resumed and other contents are refused."},
     )
-
-
-def run_name(args) -> str:
-    """Folder of a dataset/task under the output root, e.g. ``breakhis-binary-40x`` (works on a namespace too)."""
-    parts = [args.dataset] + [v for v in (args.task, args.magnification, args.resolution) if v]
-    return "-".join(str(p).lower() for p in parts)
 
 
 def output_name(args) -> str:
@@ -620,7 +614,7 @@ def _check_dataset_options(parser: ScriptArgumentParser, ns: argparse.Namespace)
 
 def _check_values(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:
     """Values that are not a fixed choice but can still be checked before anything loads."""
-    from .cohort import parse_class_map
+    from ..data.cohort import parse_class_map
 
     try:
         if ns.lr_schedule:

@@ -13,7 +13,6 @@ files: its outputs go to ``--output_dir``, or to ``DIR/eval-<data>`` when that i
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -60,16 +59,15 @@ def score_split(
     # The full metrics (with the confusion matrix) are computed once below, not also by the Trainer's hook.
     compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None
     try:
-        start = time.perf_counter()
         prediction = trainer.predict(dataset, metric_key_prefix=prefix)
-        elapsed = time.perf_counter() - start
     finally:
         trainer.compute_metrics = compute_metrics
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     full = compute_classification_metrics(logits, prediction.label_ids, class_names)
     flat, _ = flatten_metrics(full)
     metrics = {f"{prefix}_{k}": v for k, v in flat.items()}
-    metrics[f"{prefix}_ms_per_image"] = 1000.0 * elapsed / max(len(dataset), 1)
+    # the Trainer's own timing of the prediction loop (data loading, views and forward passes)
+    metrics[f"{prefix}_ms_per_image"] = 1000.0 * prediction.metrics[f"{prefix}_runtime"] / max(len(dataset), 1)
     metrics[f"{prefix}_samples"] = len(dataset)
     if f"{prefix}_loss" in prediction.metrics:
         metrics[f"{prefix}_loss"] = prediction.metrics[f"{prefix}_loss"]
@@ -87,13 +85,6 @@ def score_split(
             output_dir / f"{prefix}_confusion_matrix.json",
         )
     return metrics, full
-
-
-def evaluate_split(trainer, dataset, class_names: list[str], output_dir: str | Path, prefix: str = "test",
-                   **titles) -> dict:
-    """``score_split`` returning only the flat ``<prefix>_*`` metrics (``titles``: model_kind, split_name,
-    dataset_name for the confusion matrix's title)."""
-    return score_split(trainer, dataset, class_names, output_dir, prefix, **titles)[0]
 
 
 def strip_prefix(metrics: Mapping, prefix: str) -> dict:
@@ -123,8 +114,7 @@ def write_splits_summary(
 def evaluation_name(data_args) -> str:
     """``eval-<dataset run name>``, plus the data folder's tag when ``--data_dir`` names one (two cohorts of one
     dataset type never share an evaluation folder)."""
-    from .arguments import run_name
-    from .data import data_root_tag
+    from ..data import data_root_tag, run_name
 
     name = EVALUATION_PREFIX + run_name(data_args)
     data_dir = getattr(data_args, "data_dir", None)
@@ -134,7 +124,7 @@ def evaluation_name(data_args) -> str:
 def default_evaluation_dir(model_name_or_path: str, data_args, output_root: str | Path = "outputs") -> str:
     """Where an evaluation-only run writes by default: ``<model dir>/eval-<data>`` for a local checkpoint,
     ``<output root>/eval-<data>/<org>--<name>`` for a Hub id."""
-    from .pretrained import is_local_path
+    from ..pretrained.weights import is_local_path
 
     name = evaluation_name(data_args)
     if is_local_path(model_name_or_path):
@@ -152,7 +142,7 @@ def evaluation_output_dir(output_dir: str | Path, model_name_or_path: str | None
         if output_dir.resolve() == model_dir.resolve():
             return model_dir / evaluation_name(data_args)
     if (output_dir / "config.json").is_file():
-        from .launch import UserError
+        from ..utils import UserError
 
         raise UserError(
             f"--output_dir {output_dir} holds a trained checkpoint (config.json): an evaluation would overwrite its "
@@ -225,7 +215,7 @@ def write_evaluation_summary(output_dir: str | Path, summary: Mapping, full_metr
 def evaluation_facts(model_kind: str, model: str, data_args, dd, relation: str | None, class_facts: Mapping) -> dict:
     """The facts of an evaluation-only run for ``write_evaluation_summary``: which model, which data (folder,
     options, split source and sizes), its relation to the model's training data, and the class matching."""
-    from .data import read_provenance
+    from ..data import read_provenance
 
     provenance = read_provenance(dd)
     return {

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data.index import IMAGE_SUFFIXES, is_os_metadata, join_relative, split_image_files, walk_files
-from .image_decoding import to_rgb
+from ..data.index import IMAGE_SUFFIXES, is_os_metadata, join_relative, split_image_files, walk_files
+from ..models.image_decoding import to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def read_split_paths(
 ) -> list[str]:
     """Image paths of one part of a `split.json` written by the training scripts (`export_split`): its paths
     are relative to the data root recorded in the file, or to `data_dir` when the data has moved."""
-    from .data import load_split_file
+    from ..data import load_split_file
 
     split_file = os.fspath(split_file)
     try:
@@ -287,7 +287,7 @@ def load_model_and_processor(name_or_path: str, *, trust_remote_code: bool = Fal
     from huggingface_hub.utils import validate_repo_id
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from .pretrained import hub_access_error
+    from ..pretrained.weights import hub_access_error
 
     local = os.path.isdir(name_or_path)
     if not local:

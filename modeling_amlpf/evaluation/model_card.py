@@ -17,9 +17,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .class_names import check_class_names
+from ..data.class_names import check_class_names
+from ..pretrained.weights import UNI_REPO_PAGE, is_local_path
 from .metrics.reporting import METRIC_TITLES, PER_CLASS_RECALL_PREFIX, TIME_KEY
-from .pretrained import UNI_REPO_PAGE, is_local_path
 
 MODEL_KINDS = ("teacher", "student")
 DATASET_TITLES = {

@@ -107,8 +107,8 @@ def teacher_input_map(
 def load_teacher_processor(teacher_path: str | os.PathLike):
     """The image processor saved with the teacher (``<teacher>/preprocessor_config.json``, as ``train_teacher.py``
     writes it; a Hub teacher's from its repository), or None with a warning when it has none to compare."""
-    from .image_processing_amlpf import AmlpfImageProcessor
-    from .pretrained import is_local_path
+    from ..models.image_processing_amlpf import AmlpfImageProcessor
+    from ..pretrained.weights import is_local_path
 
     path = str(teacher_path)
     if is_local_path(path):

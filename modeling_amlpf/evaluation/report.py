@@ -1,0 +1,250 @@
+"""Compare the runs of one output folder (teacher, student, the student's zero-shot start, the majority-class
+baseline of the same test split and, for the paper's settings, the published results) and re-create the run's
+pictures from its files.
+
+    python -m modeling_amlpf.report outputs/demo              # a dataset folder with teacher/ and student/
+    python -m modeling_amlpf.report outputs/chaoyang/student  # one run, or a --split_seeds root (split_<k>/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import figures
+
+COLUMNS = ("accuracy", "macro_f1", "macro_auroc", "balanced_accuracy", "cohen_kappa", "mcc")
+KINDS = ("teacher", "student")
+MODEL_TYPES = {"amlpf_teacher": "teacher", "amlpf_clip": "student"}
+SPLIT_FILE = "split.json"
+ZERO_SHOT_ROW = "student, zero-shot (prompts only)"
+# (row name, kind, results file, key prefix)
+ROWS = (
+    ("teacher", "teacher", "test_results.json", "test_"),
+    (ZERO_SHOT_ROW, "student", "zero_shot_results.json", "zero_shot_"),
+    ("student (AMLPF-CLIP)", "student", "test_results.json", "test_"),
+)
+_SPLIT_DIR = re.compile(r"split_(\d+)$")
+
+
+def majority_baseline(split_file: Path) -> dict:
+    """Metrics of always predicting the most frequent training class on the test part."""
+    from .metrics import compute_classification_metrics
+
+    parts = json.loads(split_file.read_text())["parts"]
+    train = np.array([row[1] for row in parts["train"]])
+    test = np.array([row[1] for row in parts["test"]])
+    num_classes = int(max(train.max(), test.max())) + 1
+    probs = np.zeros((len(test), num_classes))
+    probs[:, np.bincount(train, minlength=num_classes).argmax()] = 1.0
+    return compute_classification_metrics(probs, test, [str(i) for i in range(num_classes)], probabilities=True)
+
+
+# ------------------------------------------------------------------------------------------------ layout
+def split_dirs(folder: Path) -> list[Path]:
+    """The ``split_<k>/`` runs of a ``--split_seeds`` root, by k; empty for a single run."""
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _SPLIT_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def run_dirs(folder: Path) -> list[Path]:
+    return split_dirs(folder) or [folder]
+
+
+def _kind_of(folder: Path) -> str | None:
+    if folder.name in KINDS:
+        return folder.name
+    for run in run_dirs(folder):
+        config = run / "config.json"
+        if config.is_file():
+            return MODEL_TYPES.get(json.loads(config.read_text()).get("model_type"))
+    return None
+
+
+def kind_folders(folder: Path) -> dict[str, Path]:
+    """``{kind: folder}``: a dataset folder's ``teacher/`` and ``student/``, or the folder itself as one kind."""
+    found = {kind: folder / kind for kind in KINDS if (folder / kind).is_dir()}
+    if found:
+        return found
+    kind = _kind_of(folder)
+    if kind is None:
+        raise FileNotFoundError(
+            f"{folder} is neither a dataset folder of outputs (with teacher/ or student/) nor a run folder (with "
+            "config.json, or split_<k>/ runs); pass e.g. outputs/demo or outputs/demo/student"
+        )
+    return {kind: folder}
+
+
+def _split_info(run: Path) -> dict:
+    path = run / SPLIT_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_name_of(run: Path) -> str | None:
+    """The run name (``breakhis-binary``...) recorded by a run's ``split.json``, as the scripts build it."""
+    from types import SimpleNamespace
+
+    from ..data import run_name
+
+    info = _split_info(run)
+    if "dataset" not in info:
+        return None
+    options = info.get("options") or {}
+    parts = {name: options.get(name) for name in ("task", "magnification", "resolution")}
+    return run_name(SimpleNamespace(dataset=info["dataset"], **parts))
+
+
+# ------------------------------------------------------------------------------------------------ table
+def _cell(values: list[float]) -> str:
+    """One value in percent, or mean ± sample std over splits (noting splits where the metric is undefined)."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return "n/a"
+    text = f"{100 * finite[0]:.2f}"
+    if len(finite) > 1:
+        text = f"{100 * np.mean(finite):.2f} ± {100 * np.std(finite, ddof=1):.2f}"
+    if len(finite) < len(values):
+        text += f" ({len(finite)} of {len(values)} splits)"
+    return text
+
+
+def _row(name: str, per_run: list[dict], prefix: str) -> str:
+    cells = []
+    for key in COLUMNS:
+        values = []
+        for metrics in per_run:
+            value = metrics.get(f"{prefix}{key}", metrics.get(key))
+            values.append(float("nan") if value is None else float(value))
+        cells.append(_cell(values))
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def _paper_row(paper: dict) -> str:
+    cells = []
+    for key in COLUMNS:
+        entry = paper["metrics"].get(key)
+        if entry is None:
+            cells.append("n/a")
+        else:
+            std = entry.get("std")
+            cells.append(f"{100 * entry['mean']:.2f}" + ("" if std is None else f" ± {100 * std:.2f}"))
+    return f"| {figures.PAPER_LABEL}, AMLPF-CLIP | " + " | ".join(cells) + " |"
+
+
+def _titles() -> list[str]:
+    from .metrics import METRIC_TITLES
+
+    return [METRIC_TITLES[key] for key in COLUMNS]
+
+
+def render_report(run_dir: Path) -> str:
+    """A markdown table of test metrics (%) of every run in ``run_dir``, with notes under it.
+
+    ``run_dir`` is a dataset folder (``teacher/`` and ``student/``), one kind's folder, or a ``--split_seeds``
+    root; over several splits each cell is mean ± sample std.
+    """
+    run_dir = Path(run_dir)
+    folders = kind_folders(run_dir)
+    titles = _titles()
+    lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
+    notes, baseline_runs, dataset, n_runs = [], None, None, set()
+    for name, kind, file, prefix in ROWS:
+        if kind not in folders:
+            continue
+        runs = [run for run in run_dirs(folders[kind]) if (run / file).is_file()]
+        if not runs:
+            continue
+        lines.append(_row(name, [json.loads((run / file).read_text()) for run in runs], prefix))
+        n_runs.add(len(runs))
+        baseline_runs = baseline_runs or [run for run in runs if (run / SPLIT_FILE).is_file()]
+        dataset = dataset or run_name_of(runs[0])
+        if name == ZERO_SHOT_ROW:
+            notes.append(_zero_shot_note(runs[0]))
+    if baseline_runs is None:
+        raise FileNotFoundError(
+            f"no test_results.json under {run_dir} (teacher/, student/, or their split_<k>/ folders): "
+            "train with --do_predict (the default) first"
+        )
+    if baseline_runs:
+        baselines = [majority_baseline(run / SPLIT_FILE) for run in baseline_runs]
+        lines.append(_row("majority-class baseline", baselines, ""))
+    paper = figures.paper_results(dataset) if dataset else None
+    if paper:
+        lines.append(_paper_row(paper))
+        notes.append(
+            f"{figures.PAPER_LABEL}: the published AMLPF-CLIP results ({paper['source']}; {paper.get('note')}); "
+            "ours use group-disjoint splits and select the epoch on validation, so the published numbers are an "
+            "optimistic reference, not a like-for-like comparison."
+        )
+    if max(n_runs, default=1) > 1:
+        notes.append("over several splits, cells are mean ± sample std (ddof=1) of the test metrics over the splits.")
+    text = "\n".join(lines)
+    if notes:
+        text += "\n\nNotes:\n" + "\n".join(f"- {note}" for note in notes)
+    return text
+
+
+def _zero_shot_note(run: Path) -> str:
+    info = _split_info(run)
+    num_classes = len(info.get("class_names") or []) or None
+    note = "zero-shot: the student before any training, classifying by its prompts alone."
+    if info.get("dataset") == "demo":
+        chance = f" (1/{num_classes} = {100 / num_classes:.2f}% here)" if num_classes else ""
+        note += (
+            " The demo's tiny student preset has a randomly initialised text tower (and image tower), so this row "
+            f"is at chance by construction: balanced accuracy ≈ 1/C{chance}, AUROC ≈ 50%, up to the noise of a "
+            "small test split. It checks the pipeline; with a pretrained CLIP (the converted RN50) the row "
+            "measures what the prompts alone achieve."
+        )
+    return note
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+def write_figures(run_dir: Path) -> list[Path]:
+    """Re-create every picture of the runs in ``run_dir`` (same layouts as ``render_report``)."""
+    written = []
+    for kind, folder in kind_folders(Path(run_dir)).items():
+        runs = run_dirs(folder)
+        for run in runs:
+            info = _split_info(run)
+            dataset = run_name_of(run) or folder.resolve().parent.name
+            title = figures.run_title(kind, dataset, info.get("split_seed"))
+            written += [run / name for name in figures.write_run_figures(run, title=title)]
+        if split_dirs(folder):
+            dataset = run_name_of(runs[0]) or folder.resolve().parent.name
+            name = figures.write_splits_figure(
+                folder, dataset=dataset, title=figures.run_title(kind, dataset), compare_to_paper=kind == "student"
+            )
+            if name:
+                written.append(folder / name)
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a dataset folder of outputs (e.g. outputs/demo), one run, or a split root")
+    parser.add_argument("--no_figures", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        parser.error(f"{run_dir} is not a folder; pass an output folder such as outputs/demo")
+    try:
+        table = render_report(run_dir)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    print(f"\nTest metrics (%) in {run_dir}:\n")
+    print(table)
+    if not args.no_figures:
+        written = write_figures(run_dir)
+        print(f"\nPictures ({len(written)}):" if written else "\nNo training logs to draw (trained with --do_train?).")
+        for path in written:
+            print(f"  {path}")
+
+
+if __name__ == "__main__":
+    main()
