@@ -5,9 +5,10 @@ AutoModelForImageClassification, AutoImageProcessor; AutoVideoProcessor as havin
 ``register_for_auto_class`` so that ``save_pretrained`` ships their code (``trust_remote_code`` loading without
 this package).
 
-Submodules: ``data`` (datasets, splits, demo data), ``sampling`` (class-balanced sampler), ``losses``
-(distillation), ``trainers`` (Trainer subclasses), ``metrics`` (evaluate module, reports), ``prompts``,
-``pretrained`` and ``convert`` (external weights).
+Subpackages, by concern: ``models`` (what ships as remote code), ``data`` (datasets, splits, demo data),
+``pretrained`` (external weights, conversion, presets, prompts), ``training`` (trainers, losses, resampling,
+training views, teacher cache), ``evaluation`` (metrics, reports, figures, cards, prediction) and ``cli`` (the
+scripts' plumbing).
 """
 
 from transformers import (
@@ -18,13 +19,16 @@ from transformers import (
     AutoVideoProcessor,
 )
 
-from .models.configuration_amlpf import AmlpfClipConfig, AmlpfTeacherConfig
-from .models.image_processing_amlpf import AmlpfImageProcessor
-from .models.modeling_amlpf import (
+from .models import (
+    AmlpfClipConfig,
     AmlpfClipForImageClassification,
     AmlpfClipOutput,
     AmlpfImageClassifierOutput,
+    AmlpfImageProcessor,
+    AmlpfPreTrainedModel,
+    AmlpfTeacherConfig,
     AmlpfTeacherForImageClassification,
+    AmlpfTeacherOutput,
     aggregate_view_logits,
 )
 
@@ -52,7 +56,9 @@ __all__ = [
     "AmlpfClipOutput",
     "AmlpfImageClassifierOutput",
     "AmlpfImageProcessor",
+    "AmlpfPreTrainedModel",
     "AmlpfTeacherConfig",
     "AmlpfTeacherForImageClassification",
+    "AmlpfTeacherOutput",
     "aggregate_view_logits",
 ]

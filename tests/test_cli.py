@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenize
 
 import distill_student
 import train_teacher
+from modeling_amlpf.cli import protocol
 
 LUNG_CLASSES = ["adenocarcinoma", "squamous cell carcinoma", "normal"]
 
@@ -201,7 +202,7 @@ def test_push_to_hub_uploads_a_loadable_model_with_code_and_card(lung_env, tmp_p
     _, config = lung_env
     hub = FakeHub(tmp_path / "hub")
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)  # the Trainer's repo and upload
-    monkeypatch.setattr(distill_student, "HfApi", lambda **kwargs: hub)  # the script's model card upload
+    monkeypatch.setattr(protocol, "HfApi", lambda **kwargs: hub)  # the run protocol's final upload
     distill_student.main(["--dataset", "lunghist700", "--config", str(config), "--kd_weight", "0",
                           "--num_train_epochs", "1",
                           "--push_to_hub", "True", "--hub_model_id", "someone/amlpf-lung", "--hub_strategy", "end"])

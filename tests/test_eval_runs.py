@@ -23,6 +23,7 @@ from data_trees import make_imagefolder_tree
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 import distill_student
+from modeling_amlpf.cli import protocol
 from modeling_amlpf.cli.arguments import StudentArguments
 from modeling_amlpf.cli.launch import UserError
 
@@ -83,7 +84,7 @@ def trained(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(transformers.trainer, "hf_api", lambda: hub)  # the Trainer's repo and checkpoint pushes
-        patch.setattr(distill_student, "HfApi", lambda **kwargs: hub)  # the script's final push
+        patch.setattr(protocol, "HfApi", lambda **kwargs: hub)  # the run protocol's final push
         distill_student.main(argv)
     return SimpleNamespace(tree=tree, out=out, hub=hub, root=root)
 

@@ -291,3 +291,19 @@ def test_pipeline_classifies_pil_images(tmp_path, tiny_student):
         best = int(probs.argmax())
         assert result[0]["label"] == model.config.id2label[best]
         assert result[0]["score"] == pytest.approx(float(probs[best]), abs=1e-4)
+
+
+def test_timm_wrapper_computes_the_teachers_features_exactly(tiny_teacher):
+    """transformers' TimmWrapperModel carries the teacher's timm config and weights exactly; why the teacher still
+    holds the timm model itself is in ``create_timm_model``'s docstring (checkpoint key layout, resume)."""
+    from transformers import TimmWrapperConfig, TimmWrapperModel
+
+    config = tiny_teacher.config
+    wrapper_config = TimmWrapperConfig(architecture=config.backbone, model_args=dict(config.backbone_kwargs))
+    wrapper = TimmWrapperModel(wrapper_config)
+    wrapper.timm_model.load_state_dict(tiny_teacher.backbone.state_dict(), strict=True)
+    pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = tiny_teacher.eval().backbone(pixel_values)
+        theirs = wrapper.eval()(pixel_values=pixel_values).pooler_output
+    torch.testing.assert_close(tiny_teacher.head(theirs), tiny_teacher.head(ours), rtol=0, atol=1e-5)

@@ -23,9 +23,9 @@ from modeling_amlpf import (
     AmlpfClipForImageClassification,
     AmlpfTeacherConfig,
     AmlpfTeacherForImageClassification,
-    pretrained,
 )
 from modeling_amlpf.models.configuration_amlpf import UNI_BACKBONE, UNI_BACKBONE_KWARGS
+from modeling_amlpf.pretrained import weights as pretrained
 from modeling_amlpf.pretrained.presets import build_tiny_tokenizer
 
 # UNI's architecture (LayerScale, dynamic image size) at a size that builds in milliseconds.

@@ -43,6 +43,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Rank and world size come from the launcher's variables, not accelerate's PartialState: PartialState() would
+# initialise the process group before the arguments are checked (a bad flag would then wait for every rank to
+# connect) and would fix the backend and timeout before TrainingArguments (--ddp_backend, --ddp_timeout) set them.
 def process_rank() -> int:
     """This process's global rank as the launcher set it (0 when not launched)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)

@@ -122,7 +122,11 @@ def map_class_names(
 
 def relabel_to_model_classes(dd: DatasetDict, model_classes: Sequence[str], new_ids: Sequence[int]) -> DatasetDict:
     """Every part of ``dd`` with ``label`` rewritten as model label ids (``new_ids[data label]``) and the model's
-    ``ClassLabel``; other columns (images as paths, provenance) are kept as they are."""
+    ``ClassLabel``; other columns (images as paths, provenance) are kept as they are.
+
+    Not ``Dataset.align_labels_with_mapping``: it matches names lower-cased (two classes that differ in case
+    collide), keeps the data's names as the new ``ClassLabel`` names instead of the model's, and cannot map two
+    data classes onto one model class, which ``--class_map`` allows."""
     names = [str(name) for name in model_classes]
     table = [int(i) for i in new_ids]
     result = DatasetDict()

@@ -4,11 +4,10 @@ Both are transformers 5 dataclass configs. This module imports nothing else from
 checkpoint saved with ``register_for_auto_class`` carries it as standalone remote code.
 """
 
-from __future__ import annotations
-
 import math
 
-from transformers import CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 # The UNI architecture (MahmoodLab/uni): timm ViT-L/16 with LayerScale, pooled 1024-d feature.
@@ -20,7 +19,7 @@ VISION_BACKENDS = ("timm", "clip")
 CLIP_LOGIT_SCALE_MAX = math.log(100.0)  # CLIP's own training clamp of its temperature (at most 100)
 
 
-def _labels_from_class_names(config: PretrainedConfig, class_names) -> None:
+def _labels_from_class_names(config: PreTrainedConfig, class_names) -> None:
     if class_names is not None:
         config.id2label = {i: str(n) for i, n in enumerate(class_names)}
         config.label2id = {str(n): i for i, n in enumerate(class_names)}
@@ -28,14 +27,15 @@ def _labels_from_class_names(config: PretrainedConfig, class_names) -> None:
         config.label2id = {v: k for k, v in config.id2label.items()}
 
 
-class AmlpfTeacherConfig(PretrainedConfig):
+@strict
+class AmlpfTeacherConfig(PreTrainedConfig):
     r"""Teacher: a timm backbone (UNI's ViT-L/16 by default) followed by the paper's MLP head
     ``Linear(F, 512)-ReLU-Linear(512, 256)-ReLU-Linear(256, C)`` on the pooled feature.
 
     Args:
         backbone: timm model name (``vit_large_patch16_224`` for UNI). The backbone is always created with
             ``num_classes=0`` (pooled features) and random weights; pretrained weights are loaded after
-            construction (see ``modeling_amlpf.pretrained``).
+            construction (see ``modeling_amlpf.pretrained.weights``).
         backbone_kwargs: extra keyword arguments of ``timm.create_model`` (architecture only).
         backbone_weights: where the pretrained backbone weights came from (informational, for the model card).
         head_hidden_sizes: hidden widths of the MLP head.
@@ -62,7 +62,8 @@ class AmlpfTeacherConfig(PretrainedConfig):
         _labels_from_class_names(self, class_names)
 
 
-class AmlpfClipConfig(PretrainedConfig):
+@strict
+class AmlpfClipConfig(PreTrainedConfig):
     r"""Student: a CLIP model whose logits are the adaptive fusion of three prompt levels.
 
     Args:
@@ -130,7 +131,7 @@ class AmlpfClipConfig(PretrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        """As ``PretrainedConfig.from_dict``; a config saved before ``logit_scale_max`` existed keeps the bound
+        """As ``PreTrainedConfig.from_dict``; a config saved before ``logit_scale_max`` existed keeps the bound
         its model was trained with: ``ln 100`` when it trained its logit scale (then always clamped), else none
         (a frozen pretrained CLIP scale is at most ``ln 100``: the bound never applied)."""
         if "logit_scale_max" not in config_dict and config_dict.get("train_logit_scale"):
@@ -154,3 +155,6 @@ class AmlpfClipConfig(PretrainedConfig):
                 f"text_config.projection_dim ({text_dim}) must equal projection_dim ({self.projection_dim}): "
                 "image and text embeddings share one space"
             )
+
+
+__all__ = ["AmlpfClipConfig", "AmlpfTeacherConfig"]

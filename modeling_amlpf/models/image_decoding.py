@@ -219,3 +219,6 @@ def to_rgb(image: Any, *, convert: bool = True) -> Image.Image:
         f"Unsupported image type {type(image).__name__}; pass a PIL image, a numpy HWC array, "
         "a torch CHW tensor, a file path, encoded bytes, or a list of these."
     )
+
+
+__all__ = ["ALPHA_MODES", "HIGH_BIT_DEPTH_MODES", "has_transparency", "needs_rgb8_copy", "to_rgb"]

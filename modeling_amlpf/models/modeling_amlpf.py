@@ -25,7 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_amlpf import AmlpfClipConfig, AmlpfTeacherConfig
@@ -33,9 +34,8 @@ from .configuration_amlpf import AmlpfClipConfig, AmlpfTeacherConfig
 logger = logging.get_logger(__name__)
 
 
-
 @dataclass
-class AmlpfImageClassifierOutput(ModelOutput):
+class AmlpfTeacherOutput(ModelOutput):
     """Teacher output. ``logits`` are the view-aggregated image logits (B, C); ``view_logits`` (B, V, C).
     ``hidden_states`` (only when asked for): the backbone's per-block outputs from timm's
     ``forward_intermediates`` (NCHW), shaped (B, V, ...) for multi-view input. ``attentions``: timm exposes none."""
@@ -45,6 +45,9 @@ class AmlpfImageClassifierOutput(ModelOutput):
     view_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+AmlpfImageClassifierOutput = AmlpfTeacherOutput  # the name before 0.2 (outputs are named after their model)
 
 
 @dataclass
@@ -101,7 +104,12 @@ def _unflatten_views(output: ModelOutput, batch: int, views: int) -> ModelOutput
 def create_timm_model(name: str, model_kwargs: dict | None = None, **overrides) -> nn.Module:
     """Build a randomly initialised timm model. ``model_kwargs`` is JSON (it lives in config.json): a
     ``blocks`` list of dicts is turned into timm ``ByoBlockCfg``s so that small members of the
-    ``resnet*_clip`` family (tests, demo) can be described in a config."""
+    ``resnet*_clip`` family (tests, demo) can be described in a config.
+
+    Not transformers' ``TimmWrapperModel``, although it computes the teacher's features exactly (0.0 difference on
+    the tiny preset and on UNI's ViT-L/16, tested): it would move every weight under ``timm_model.`` (teacher
+    checkpoints and the Trainer's resume, which loads state dicts without transformers' key conversion, would no
+    longer match) and its ``num_classes=0`` drops the CLIP ResNet's attention-pool projection the student needs."""
     kwargs = dict(model_kwargs or {})
     if isinstance(kwargs.get("blocks"), (list, tuple)) and kwargs["blocks"] and isinstance(kwargs["blocks"][0], dict):
         from timm.models.byobnet import ByoBlockCfg
@@ -207,7 +215,7 @@ def _warn_no_timm_attentions(output_attentions: bool | None, tower: nn.Module) -
         )
 
 
-class _AmlpfPreTrainedModel(PreTrainedModel):
+class AmlpfPreTrainedModel(PreTrainedModel):
     """Shared conventions of both models: loss, initialisation of a timm tower, gradient checkpointing."""
 
     main_input_name = "pixel_values"
@@ -271,6 +279,15 @@ class _AmlpfPreTrainedModel(PreTrainedModel):
             tower.set_grad_checkpointing(enable)
         self.gradient_checkpointing = enable  # read by `is_activation_checkpointing`
 
+    def _output_flags(self, kwargs: dict) -> tuple:
+        """``(output_hidden_states, output_attentions)`` of a forward call, the config's where not given."""
+        hidden = kwargs.get("output_hidden_states")
+        attentions = kwargs.get("output_attentions")
+        return (
+            self.config.output_hidden_states if hidden is None else hidden,
+            self.config.output_attentions if attentions is None else attentions,
+        )
+
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         """transformers' image-classification loss: cross-entropy, BCE-with-logits or MSE by ``config.problem_type``
         (inferred from ``num_labels`` and the labels' dtype when unset, as transformers' classifiers do)."""
@@ -305,7 +322,7 @@ class AmlpfMLPHead(nn.Sequential):
         super().__init__(*layers)
 
 
-class AmlpfTeacherForImageClassification(_AmlpfPreTrainedModel):
+class AmlpfTeacherForImageClassification(AmlpfPreTrainedModel):
     """UNI-style teacher: timm backbone (pooled features) + MLP head, with multi-view aggregation."""
 
     config_class = AmlpfTeacherConfig
@@ -333,14 +350,13 @@ class AmlpfTeacherForImageClassification(_AmlpfPreTrainedModel):
         if isinstance(module, nn.Linear) and any(module is layer for layer in self.head):
             module.reset_parameters()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> AmlpfImageClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> AmlpfTeacherOutput:
         r"""
         labels: class indices (B,) for single-label classification; (B, C) floats for
             ``problem_type="multi_label_classification"``; floats for regression.
@@ -348,11 +364,7 @@ class AmlpfTeacherForImageClassification(_AmlpfPreTrainedModel):
             a list of indices keeps only those).
         output_attentions: accepted for the common interface; timm backbones expose no attention maps.
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states, output_attentions = self._output_flags(kwargs)
         _warn_no_timm_attentions(output_attentions, self.backbone)
         x, batch, views = flatten_views(pixel_values)
         features = timm_features(self.backbone, x, output_hidden_states)
@@ -361,13 +373,12 @@ class AmlpfTeacherForImageClassification(_AmlpfPreTrainedModel):
         hidden_states = features.hidden_states
         if hidden_states is not None and pixel_values.dim() == 5:
             hidden_states = _unflatten_views(features, batch, views).hidden_states
-        output = AmlpfImageClassifierOutput(
+        return AmlpfTeacherOutput(
             loss=self._loss(logits, labels), logits=logits, view_logits=view_logits, hidden_states=hidden_states
         )
-        return output if return_dict else output.to_tuple()
 
 
-class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
+class AmlpfClipForImageClassification(AmlpfPreTrainedModel):
     """CLIP student that classifies by similarity to frozen prompt embeddings at several levels.
 
     For an L2-normalised image embedding f and the frozen, L2-normalised prompt embeddings T_l (C x D) of
@@ -410,6 +421,12 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
     # ----------------------------------------------------------------------------------------- init / train
     def _fusion_init_value(self) -> float:
         return float(self.config.fusion_init) if self.config.fusion == "learned" else 0.0
+
+    @torch.no_grad()
+    def reset_fusion_weights(self) -> None:
+        """Every fusion weight at the initial value of ``config.fusion`` (1 for ``learned``, uniform for
+        ``softmax``), e.g. after the fusion mode of a checkpoint was changed."""
+        self.fusion_weights.fill_(self._fusion_init_value())
 
     def _init_weights(self, module):
         # Only this module's own tensors: the timm tower gets timm's init (initialize_weights), the CLIP towers
@@ -569,14 +586,13 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
         self.encode_prompts()
 
     # ----------------------------------------------------------------------------------------- forward
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> AmlpfClipOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> AmlpfClipOutput:
         r"""
         labels: class indices (B,) for single-label classification; (B, C) floats for
             ``problem_type="multi_label_classification"``; floats for regression.
@@ -585,11 +601,7 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
         """
         if not self.config.prompt_input_ids:
             raise ValueError("the student has no prompts: call set_prompts(prompts, tokenizer) first")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states, output_attentions = self._output_flags(kwargs)
         _, batch, views = flatten_views(pixel_values)
         features = self.get_image_features(
             pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
@@ -605,7 +617,7 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
         fused = torch.einsum("nlc,l->nc", level_logits, self.effective_fusion_weights().to(level_logits.dtype))
         view_logits = fused.view(batch, views, -1)
         logits = aggregate_view_logits(view_logits)
-        output = AmlpfClipOutput(
+        return AmlpfClipOutput(
             loss=self._loss(logits, labels),
             logits=logits,
             view_logits=view_logits,
@@ -613,4 +625,15 @@ class AmlpfClipForImageClassification(_AmlpfPreTrainedModel):
             hidden_states=features.hidden_states if output_hidden_states else None,
             attentions=features.attentions if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "AmlpfClipForImageClassification",
+    "AmlpfClipOutput",
+    "AmlpfImageClassifierOutput",
+    "AmlpfMLPHead",
+    "AmlpfPreTrainedModel",
+    "AmlpfTeacherForImageClassification",
+    "AmlpfTeacherOutput",
+    "aggregate_view_logits",
+]

@@ -22,7 +22,11 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from transformers.utils import logging
+
 from ..models.configuration_amlpf import PROMPT_LEVELS  # one definition for models and prompts
+
+logger = logging.get_logger(__name__)
 
 PROMPTS_DIR_ENV = "AMLPF_PROMPTS_DIR"
 BUNDLED_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
@@ -231,3 +235,39 @@ def select_levels(prompts: Mapping[str, Sequence[str]], levels: str | Iterable[s
     if absent:
         raise ValueError(f"prompts have no level(s) {absent}; available: {list(prompts)}.")
     return {level: list(prompts[level]) for level in chosen}
+
+
+# The prompt file bundled for each (dataset, task) in configs/prompts/
+BUNDLED_PROMPTS = {
+    ("chaoyang", None): "chaoyang",
+    ("breakhis", None): "breakhis",
+    ("breakhis", "binary"): "breakhis_binary",
+    ("lunghist700", None): "lunghist700",
+    ("lunghist700", "3class"): "lunghist700",
+    ("lunghist700", "7class"): "lunghist700_7class",
+    ("demo", None): "demo",
+}
+
+
+def prompts_for_run(
+    class_names: Sequence[str], *, dataset: str, task: str | None = None, prompts_file: str | None = None,
+    checkpoint: str | None = None,
+) -> tuple[dict[str, list[str]] | None, str]:
+    """``(prompts, source)``: the prompts a run encodes and where they come from (for the log and summaries).
+
+    A user's ``prompts_file`` always wins (re-encoded into a checkpoint too). A trained ``checkpoint`` otherwise
+    keeps its own prompts (None: nothing to re-encode); a new student gets the dataset's bundled prompts, else
+    template prompts (warned: they have no detailed descriptions).
+    """
+    if prompts_file:
+        return load_prompts(prompts_file, class_names), f"the prompts file {prompts_file}"
+    if checkpoint:
+        return None, f"the checkpoint's own prompts ({checkpoint})"
+    name = BUNDLED_PROMPTS.get((dataset, task))
+    if name is not None:
+        return load_prompts(name, class_names), f"the bundled prompts {name!r} (configs/prompts/{name}.yaml)"
+    logger.warning(
+        f"no bundled prompts for dataset {dataset!r}: using template prompts; pass --prompts_file "
+        "with label/basic/detailed prompts per class for the method's detailed level"
+    )
+    return template_prompts(class_names), "template prompts (no bundled prompts for this dataset)"

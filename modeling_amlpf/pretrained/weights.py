@@ -38,6 +38,8 @@ from transformers.utils import logging
 
 from ..models.configuration_amlpf import PROMPT_LEVELS, AmlpfClipConfig
 from ..models.modeling_amlpf import AmlpfClipForImageClassification, AmlpfTeacherForImageClassification
+from ..utils import UserError
+from .prompts import parse_levels, select_levels
 
 logger = logging.get_logger(__name__)
 
@@ -462,3 +464,53 @@ def load_student(
             ) from err
     _sync_prompts(model, tokenizer, class_names, prompts)
     return model, tokenizer
+
+
+def apply_checkpoint_prompts(
+    model: AmlpfClipForImageClassification, tokenizer, class_names: list[str], prompts: dict | None = None,
+    levels=None, *, training: bool = True,
+) -> None:
+    """Encode into a trained student exactly the prompts asked for.
+
+    ``prompts`` (a prompts file) are re-encoded; None keeps the checkpoint's own prompt texts. ``levels``
+    (``--prompt_levels``) selects levels of those; levels the checkpoint was trained with keep their learned
+    fusion weights (with ``fusion="softmax"`` the softmax then runs over the kept levels), so a level ablation
+    evaluates the trained model without the dropped levels. A level the checkpoint's fusion never learned has no
+    weight to keep: refused in an evaluation (``training=False``), started at the initial weight when training
+    goes on.
+    """
+    config = model.config
+    trained = list(config.prompt_levels)
+    levels = list(parse_levels(levels)) if levels else trained
+    if prompts is None:
+        saved = dict(config.prompts or {})
+        available = [level for level in parse_levels(None) if level in saved]  # canonical order
+        absent = [level for level in levels if level not in saved]
+        if absent:
+            raise UserError(
+                f"--prompt_levels asks for {absent}, but the checkpoint has prompts for the level(s) {available} "
+                "only: pass --prompts_file FILE (label/basic/detailed prompts per class) to encode new ones, or "
+                f"choose among {available}"
+            )
+        if levels == trained:
+            return  # the prompts and fusion weights it was trained and saved with
+        prompts = saved
+    untrained = [level for level in levels if level not in trained]
+    if untrained and not training:
+        raise UserError(
+            f"the checkpoint's fusion was trained on the levels {trained}; {untrained} has no learned fusion weight, "
+            f"so an evaluation with it would not be of the trained model: choose --prompt_levels among {trained}"
+        )
+    learned = dict(zip(trained, model.fusion_weights.detach().clone()))
+    model.set_prompts(select_levels(prompts, levels), tokenizer, class_names=class_names, levels=levels)
+    if levels != trained:  # set_prompts re-created the fusion weights: put back the learned ones
+        with torch.no_grad():
+            for i, level in enumerate(levels):
+                if level in learned:
+                    model.fusion_weights[i] = learned[level]
+        kept = {level: round(float(learned[level]), 4) for level in levels if level in learned}
+        logger.warning(
+            f"prompt levels {levels} of a checkpoint trained with {trained} ({config.fusion} fusion): the kept levels "
+            f"keep their learned fusion weights {kept}"
+            + (f"; {untrained} start at the initial weight" if untrained else "")
+        )

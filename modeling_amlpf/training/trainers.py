@@ -88,15 +88,15 @@ class AmlpfTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_schedule is None:
             return super().create_scheduler(num_training_steps, optimizer)
-        if self.lr_scheduler is None:
-            if self.args.max_steps > 0:
-                raise ValueError("--lr_schedule is per epoch: use --num_train_epochs, not --max_steps")
-            steps_per_epoch = max(1, math.ceil(num_training_steps / self.args.num_train_epochs))
-            self.lr_scheduler = epoch_step_scheduler(
-                optimizer if optimizer is not None else self.optimizer, self.lr_schedule, steps_per_epoch,
-                self.args.learning_rate,
-            )
-            self._created_lr_scheduler = True
+        # A new schedule at every call: the Trainer calls this once per train() (and resets its own schedulers
+        # there too), so a second train() never continues an exhausted schedule.
+        if self.args.max_steps > 0:
+            raise ValueError("--lr_schedule is per epoch: use --num_train_epochs, not --max_steps")
+        steps_per_epoch = max(1, math.ceil(num_training_steps / self.args.num_train_epochs))
+        self.lr_scheduler = epoch_step_scheduler(
+            optimizer if optimizer is not None else self.optimizer, self.lr_schedule, steps_per_epoch,
+            self.args.learning_rate,
+        )
         return self.lr_scheduler
 
     def _get_train_sampler(self, train_dataset=None):
