@@ -53,7 +53,8 @@ from modeling_amlpf.cli.run_data import (
     match_model_classes,
     model_class_names,
 )
-from modeling_amlpf.cli.run_files import LoadableCheckpoints, push_output_folder
+from modeling_amlpf.cli.run_files import LoadableCheckpoints, WholeRunTrainLoss, push_output_folder
+from modeling_amlpf.cli.run_lock import hold_run_folder
 from modeling_amlpf.data import read_provenance
 from modeling_amlpf.data.class_names import check_class_names
 from modeling_amlpf.evaluation.figures import run_title, write_run_figures, write_splits_figure
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         StudentArguments, "student", argv, derived_defaults, defaults=STUDENT_DEFAULTS
     )
     setup_logging(training_args)  # this process's level: the other processes of a launch log warnings only
+    hold_run_folder(training_args)  # one run per output folder, until this process ends
     lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
 
     # An evaluation of a trained student (--do_train False --model_name_or_path DIR) leaves DIR as it is: its
@@ -381,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             callbacks.append(FusionWeightLogging())
         if args.do_train:
-            callbacks.append(LoadableCheckpoints(loadable_extras, processor=processor))
+            callbacks += [LoadableCheckpoints(loadable_extras, processor=processor), WholeRunTrainLoss()]
         trainer = DistillationTrainer(
             model=model,
             args=args,
