@@ -146,7 +146,7 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) 
     ``run_files.disk_full_message``). ``AMLPF_TRACEBACK=1`` re-raises them with their traceback. A worker of a
     launcher stops when the launcher dies (:func:`start_launcher_watchdog`)."""
     from .run_files import disk_full_message
-    from .run_lock import held_folder
+    from .run_lock import held_folder, release_all
 
     argv = sys.argv[1:] if argv is None else argv
     start_launcher_watchdog()
@@ -154,6 +154,7 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) 
     traceback = os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes")
     try:
         main(argv)
+        release_all()  # the run is over: its folder is free (on an error it is freed when the process exits)
     except USER_ERRORS as err:
         if traceback:
             raise

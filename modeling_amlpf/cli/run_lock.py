@@ -146,7 +146,9 @@ class RunLock:
         return True
 
     def release(self) -> None:
-        """Remove the lock file and drop the lock (idempotent)."""
+        """Remove the lock file and drop the lock (idempotent); another process of the launch only lets go."""
+        if _held.get(self.folder.resolve()) is self:
+            del _held[self.folder.resolve()]
         if self._fd is None:
             return
         try:
@@ -156,7 +158,6 @@ class RunLock:
             pass
         os.close(self._fd)
         self._fd = None
-        _held.pop(self.folder.resolve(), None)
 
 
 def held_folder() -> Path | None:
@@ -207,3 +208,9 @@ def _read_fd(fd: int) -> dict | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return info if isinstance(info, dict) else None
+
+
+def release_all() -> None:
+    """Release every folder this process holds (the end of a run started by ``launch.run_cli``)."""
+    for lock in list(_held.values()):
+        lock.release()
