@@ -337,3 +337,33 @@ def test_a_finished_run_is_not_retrained_and_a_longer_one_continues(tmp_path):
     first = [e for e in state["log_history"] if "loss" in e]
     assert [e for e in state3["log_history"] if "loss" in e][: len(first)] == first
     assert json.loads((out / "train_results.json").read_text())["epoch"] == 3
+
+
+def test_a_full_disk_during_a_save_is_named_and_the_half_saved_checkpoint_skipped(tmp_path, monkeypatch, capsys):
+    """The optimizer state of the first checkpoint hits a full disk (a patched writer): one message naming the
+    checkpoint, exit code 2, and the next run refuses the folder naming the missing file instead of crashing."""
+    tree = make_lunghist700_tree(tmp_path / "download", patients=8, images_per_folder=3)
+    out = tmp_path / "teacher"
+    argv = ["--dataset", "lunghist700", "--data_dir", str(tree.data_dir), "--config", "none", "--teacher_config",
+            str(TEACHER_TINY), "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--use_cpu", "True",
+            "--disable_tqdm", "True", "--output_dir", str(out)]
+    real_save = torch.save
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        if str(f).endswith("optimizer.pt"):
+            Path(f).write_bytes(b"PK\x03\x04")  # what a full disk leaves: the start of the archive
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    assert run_cli(train_teacher.main, argv) == 2
+    err = capsys.readouterr().err
+    checkpoint = out / "checkpoint-2"
+    assert f"error: no space left on device while writing {checkpoint} (" in err and "Traceback" not in err
+    assert not (out / LOCK_NAME).exists()  # the run is over: the folder is free
+    monkeypatch.setattr(torch, "save", real_save)
+    with pytest.raises(SystemExit):
+        parse_script_args(train_teacher.TeacherArguments, "teacher", argv, train_teacher.derived_defaults)
+    assert f"no complete checkpoint to resume (checkpoint-2: {checkpoint / 'trainer_state.json'} is missing" in (
+        capsys.readouterr().err
+    )

@@ -792,6 +792,7 @@ def _check_finished_run(parser, ns: argparse.Namespace, out: Path, sources: _Sou
 
 
 FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
 
 
 def _explicit(resume) -> bool:
@@ -817,13 +818,14 @@ def _finished_run_report(ns, folders: list[Path], states: list[dict], done: floa
             shown = f", validation {metric} {best:.4g}" if isinstance(best, (int, float)) else ""
             lines.append(f"{where}selected checkpoint: {Path(state['best_model_checkpoint']).name}{shown}")
         results = _read_json_dict(folder / "test_results.json")
-        shown = [f"{key[5:]} {value:.4g}" for key, value in results.items()
-                 if key.startswith("test_") and isinstance(value, (int, float)) and not isinstance(value, bool)
-                 and not key.endswith(("runtime", "per_second"))]
-        lines.append(f"{where}test metrics: {', '.join(shown) if shown else 'none recorded'}")
+        shown = [f"{name} {results[f'test_{name}']:.4g}" for name in HEADLINE_METRICS
+                 if isinstance(results.get(f"test_{name}"), (int, float))]
+        recorded = f"{', '.join(shown)} (all in {folder / 'test_results.json'})" if shown else "none recorded"
+        lines.append(f"{where}test metrics: {recorded}")
     if len(folders) > 1 and (root / "splits_summary.md").is_file():
         lines.append(f"  summary over the splits: {root / 'splits_summary.md'}")
     dataset = f"--dataset {ns.dataset} " if ns.dataset else ""
+    dataset += f"--data_dir {ns.data_dir} " if ns.data_dir else ""
     lines += [
         f"To evaluate it:   python {script} {dataset}--do_train False --model_name_or_path {folders[0]}",
         "To train again:   the same command with --overwrite_output_dir (replaces the run)",

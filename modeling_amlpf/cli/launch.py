@@ -154,7 +154,6 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) 
     traceback = os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes")
     try:
         main(argv)
-        release_all()  # the run is over: its folder is free (on an error it is freed when the process exits)
     except USER_ERRORS as err:
         if traceback:
             raise
@@ -166,4 +165,6 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) 
             raise
         report_user_error(f"{prog}: error: {message}")
         return 2
+    finally:
+        release_all()  # the run is over: its output folder is free
     return 0
