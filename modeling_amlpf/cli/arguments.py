@@ -712,11 +712,15 @@ def _checked_checkpoint(parser: ScriptArgumentParser, path: str) -> str:
     folder = Path(path)
     if not folder.is_dir():
         parser.error(f"--resume_from_checkpoint {path}: no such folder")
-    if not (folder / TRAINER_STATE_NAME).is_file() and checkpoint_folders(folder):
+    if not (folder / TRAINER_STATE_NAME).is_file() and not _checkpoint_step(str(folder)):
         inner, _ = newest_complete_checkpoint(folder)
-        hint = f"the newest complete one is {inner}" if inner else "none of them is complete"
-        parser.error(f"--resume_from_checkpoint {path} is not a Trainer checkpoint but holds checkpoint folders; "
-                     f"{hint}")
+        hint = (
+            f"it holds checkpoint folders; the last is {inner}" if inner else
+            "it holds checkpoint folders, none of them complete" if checkpoint_folders(folder) else
+            "a checkpoint is one of the checkpoint-<step> folders that training writes into --output_dir (it may "
+            "also have stopped while this one was being saved)"
+        )
+        parser.error(f"--resume_from_checkpoint {path} is not a Trainer checkpoint (no {TRAINER_STATE_NAME}): {hint}")
     problem = checkpoint_problem(folder)
     if problem is not None:
         parser.error(
