@@ -116,41 +116,86 @@ def test_resume_takes_the_newest_complete_checkpoint_and_names_a_broken_one(tmp_
     assert f"{lonely / 'checkpoint-3' / 'trainer_state.json'} is missing" in capsys.readouterr().err
 
 
+class TinyRegression:
+    """A two-weight model and its data: the Trainer's save and push paths in a second."""
+
+    @staticmethod
+    def trainer(output_dir: Path, callbacks, **args):
+        from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments
+
+        class Tiny(PreTrainedModel):
+            config_class = PretrainedConfig
+
+            def __init__(self, config):
+                super().__init__(config)
+                self.linear = torch.nn.Linear(2, 1)
+
+            def forward(self, x, labels=None):
+                return {"loss": ((self.linear(x).squeeze(-1) - labels) ** 2).mean()}
+
+        data = [{"x": torch.tensor([float(i), 1.0]), "labels": torch.tensor(float(i % 3))} for i in range(8)]
+        args = TrainingArguments(str(output_dir), per_device_train_batch_size=2, num_train_epochs=2,
+                                 save_strategy="steps", save_steps=2, logging_strategy="no", report_to="none",
+                                 use_cpu=True, disable_tqdm=True, **args)
+        return Trainer(Tiny(PretrainedConfig()), args, train_dataset=data, callbacks=callbacks)
+
+
+def recording_extras(seen: list):
+    def extras(folder: Path) -> None:
+        seen.append((folder.name, {p.name for p in folder.iterdir()}))
+        (folder / "README.md").write_text("card")
+
+    return extras
+
+
+TRAINER_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"}
+
+
 def test_checkpoint_extras_are_written_after_the_trainers_files(tmp_path):
     """A kill at any moment of a save leaves either no trainer_state.json or a complete checkpoint: the project's
     files (card, tokenizer, code) are written only once the Trainer's own are all there."""
-    from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments
-
-    class Tiny(PreTrainedModel):
-        config_class = PretrainedConfig
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.linear = torch.nn.Linear(2, 1)
-
-        def forward(self, x, labels=None):
-            loss = ((self.linear(x).squeeze(-1) - labels) ** 2).mean()
-            return {"loss": loss}
-
     seen = []
-
-    def extras(folder: Path) -> None:
-        files = {p.name for p in folder.iterdir()}
-        seen.append((folder.name, files))
-        (folder / "README.md").write_text("card")
-
-    data = [{"x": torch.tensor([float(i), 1.0]), "labels": torch.tensor(float(i % 3))} for i in range(8)]
-    args = TrainingArguments(str(tmp_path / "out"), per_device_train_batch_size=2, num_train_epochs=2,
-                             save_strategy="steps", save_steps=2, logging_strategy="no", report_to="none",
-                             use_cpu=True, disable_tqdm=True)
-    Trainer(Tiny(PretrainedConfig()), args, train_dataset=data,
-            callbacks=[LoadableCheckpoints(extras)]).train()
+    TinyRegression.trainer(tmp_path / "out", [LoadableCheckpoints(recording_extras(seen))]).train()
     checkpoints = [(name, files) for name, files in seen if name.startswith("checkpoint-")]
     assert [name for name, _ in checkpoints] == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
     for name, files in checkpoints:
-        assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= files, name
+        assert TRAINER_FILES <= files, name
         assert checkpoint_problem(tmp_path / "out" / name) is None
     assert seen[0][0] == "out"  # the output folder, when training begins
+
+
+class FakeHub:
+    """The Hub API as the Trainer uses it: each upload copies the folder as it is at that moment."""
+
+    def __init__(self, root: Path):
+        self.root, self.uploads = root, []
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, path_in_repo=None, **kwargs):
+        from concurrent.futures import Future
+
+        self.uploads.append((path_in_repo, sorted(p.name for p in Path(folder_path).iterdir())))
+        done = Future()
+        done.set_result("commit")
+        return done
+
+
+def test_every_pushed_checkpoint_is_complete_and_carries_the_extras(tmp_path, monkeypatch):
+    import transformers.trainer
+
+    hub = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    seen = []
+    trainer = TinyRegression.trainer(tmp_path / "out", [LoadableCheckpoints(recording_extras(seen))],
+                                     push_to_hub=True, hub_model_id="me/tiny", hub_strategy="all_checkpoints")
+    trainer.train()
+    pushed = {where: files for where, files in hub.uploads if where}
+    assert sorted(pushed) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
+    for name, files in pushed.items():
+        assert TRAINER_FILES | {"README.md"} <= set(files), name
+    assert [name for name, _ in seen].count("checkpoint-4") == 1  # once: not rewritten after its upload began
 
 
 def test_whole_run_train_loss_needs_every_step_logged():
@@ -324,6 +369,8 @@ def test_a_finished_run_is_not_retrained_and_a_longer_one_continues(tmp_path):
     results = json.loads((out / "test_results.json").read_text())
     assert f"accuracy {results['test_accuracy']:.4g}" in again.stdout
     assert file_hashes(out) == before  # nothing rewritten, no lock left behind
+    selected = out / Path(state["best_model_checkpoint"]).name
+    assert {"README.md", "modeling_amlpf.py", "preprocessor_config.json"} <= {p.name for p in selected.iterdir()}
 
     fewer = run("--num_train_epochs", "1")
     assert fewer.returncode == 2 and "finished run of 2 epochs; --num_train_epochs 1 is fewer" in fewer.stderr
