@@ -414,3 +414,53 @@ def test_a_full_disk_during_a_save_is_named_and_the_half_saved_checkpoint_skippe
     assert f"no complete checkpoint to resume (checkpoint-2: {checkpoint / 'trainer_state.json'} is missing" in (
         capsys.readouterr().err
     )
+
+
+def write_finished_run(folder: Path, epochs: int = 2, steps_per_epoch: int = 3, keep_last: bool = True) -> dict:
+    """The files a finished run leaves: final weights, final trainer_state.json, test results, checkpoints."""
+    steps = epochs * steps_per_epoch
+    best = folder / f"checkpoint-{steps_per_epoch}"
+    write_checkpoint(best, steps_per_epoch)
+    if keep_last:
+        write_checkpoint(folder / f"checkpoint-{steps}", steps)
+    save_file({"w": torch.zeros(4)}, folder / "model.safetensors")
+    state = {"global_step": steps, "max_steps": steps, "epoch": float(epochs), "num_train_epochs": epochs,
+             "best_model_checkpoint": str(best), "best_metric": 0.75, "log_history": []}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    (folder / "test_results.json").write_text(json.dumps({"test_accuracy": 0.8125, "test_macro_f1": 0.5}))
+    return state
+
+
+def test_finished_runs_at_parse_time(tmp_path, capsys):
+    out = tmp_path / "run"
+    write_finished_run(out)
+    *_, training = parse(["--num_train_epochs", "4"], out)  # longer: continues from the last checkpoint
+    assert training.resume_from_checkpoint == str(out / "checkpoint-6")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--num_train_epochs", "2"], out)
+    assert exit_info.value.code == 0
+    report = capsys.readouterr().out
+    assert "trained 2 epochs (6 steps)" in report
+    assert "selected checkpoint: checkpoint-3, validation macro_f1 0.75" in report
+    assert "test metrics: accuracy 0.8125, macro_f1 0.5" in report
+    *_, training = parse(["--num_train_epochs", "2", "--overwrite_output_dir"], out)  # trains again, on request
+    assert training.resume_from_checkpoint is None
+
+    pruned = tmp_path / "pruned"  # --save_total_limit 1 kept only the selected checkpoint
+    write_finished_run(pruned, keep_last=False)
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--num_train_epochs", "3"], pruned)
+    assert exit_info.value.code == 2 and "continuing needs checkpoint-6" in capsys.readouterr().err
+
+    root = tmp_path / "splits"
+    for seed in (1, 2):
+        write_finished_run(root / f"split_{seed}")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--split_seeds", "1-2", "--num_train_epochs", "2"], root)
+    assert exit_info.value.code == 0
+    report = capsys.readouterr().out
+    assert "split_1: trained 2 epochs" in report and "split_2: test metrics: accuracy 0.8125" in report
+    for epochs, message in (("1", "is fewer"), ("3", "to train a split longer, run it alone")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse(["--split_seeds", "1-2", "--num_train_epochs", epochs], root)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
