@@ -271,22 +271,6 @@ def test_the_processes_of_one_launch_share_the_lock(tmp_path, monkeypatch):
         run_lock._held.clear()
 
 
-def test_training_into_a_folder_in_use_is_refused_at_once(tmp_path):
-    folder = tmp_path / "run"
-    holder = start_holder(folder)
-    try:
-        result = subprocess.run(
-            [sys.executable, "train_teacher.py", "--dataset", "demo", "--output_dir", str(folder)],
-            cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=300,
-        )
-    finally:
-        holder.kill()
-        holder.wait()
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert f"is in use by another run: pid {holder.pid}" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 WORKER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
@@ -352,14 +336,29 @@ def test_a_finished_run_is_not_retrained_and_a_longer_one_continues(tmp_path):
     out = tmp_path / "teacher"
     command = [sys.executable, "train_teacher.py", "--dataset", "lunghist700", "--data_dir", str(tree.data_dir),
                "--config", str(config), "--output_dir", str(out)]
-    assert run_cli(train_teacher.main, command[2:] + ["--num_train_epochs", "2"]) == 0
-    state = json.loads((out / "trainer_state.json").read_text())
-    assert state["epoch"] == 2 and not (out / LOCK_NAME).exists()
-    before = file_hashes(out)
 
     def run(*flags):
         return subprocess.run([*command, *flags], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True,
                               timeout=600)
+
+    # two runs into one folder: the second is refused at once, naming the first
+    first = subprocess.Popen([*command, "--num_train_epochs", "2"], cwd=REPO_ROOT, env=ENV, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while read_lock(out / LOCK_NAME) is None and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGSTOP)  # paused while it holds the folder (a tiny run ends in seconds)
+    try:
+        second = run("--num_train_epochs", "2")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    assert second.returncode == 2 and f"is in use by another run: pid {first.pid} on host " in second.stderr
+    assert "Traceback" not in second.stderr
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["epoch"] == 2 and not (out / LOCK_NAME).exists()
+    before = file_hashes(out)
 
     again = run("--num_train_epochs", "2")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -371,10 +370,6 @@ def test_a_finished_run_is_not_retrained_and_a_longer_one_continues(tmp_path):
     assert file_hashes(out) == before  # nothing rewritten, no lock left behind
     selected = out / Path(state["best_model_checkpoint"]).name
     assert {"README.md", "modeling_amlpf.py", "preprocessor_config.json"} <= {p.name for p in selected.iterdir()}
-
-    fewer = run("--num_train_epochs", "1")
-    assert fewer.returncode == 2 and "finished run of 2 epochs; --num_train_epochs 1 is fewer" in fewer.stderr
-    assert file_hashes(out) == before
 
     longer = run("--num_train_epochs", "3")
     assert longer.returncode == 0, longer.stderr[-3000:]
@@ -443,6 +438,12 @@ def test_finished_runs_at_parse_time(tmp_path, capsys):
     assert "trained 2 epochs (6 steps)" in report
     assert "selected checkpoint: checkpoint-3, validation macro_f1 0.75" in report
     assert "test metrics: accuracy 0.8125, macro_f1 0.5" in report
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--num_train_epochs", "1"], out)
+    assert exit_info.value.code == 2
+    assert f"--output_dir {out} holds a finished run of 2 epochs; --num_train_epochs 1 is fewer" in (
+        capsys.readouterr().err
+    )
     *_, training = parse(["--num_train_epochs", "2", "--overwrite_output_dir"], out)  # trains again, on request
     assert training.resume_from_checkpoint is None
 
