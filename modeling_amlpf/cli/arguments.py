@@ -496,8 +496,10 @@ def parse_script_args(
     (``set_defaults``), so they keep their types; choices are checked for recipe values and flags alike.
 
     Then, before the dataclasses are built: a teacher architecture chosen on the command line drops the
-    recipe's pretrained backbone; ``--resume_from_checkpoint`` must name a checkpoint, a checkpoint in the
-    output folder is resumed and other contents are refused unless ``--overwrite_output_dir``; a multi-process
+    recipe's pretrained backbone; an output folder in use by another run is refused; a finished run in it is not
+    trained again (the command reports it and exits, or continues it for more epochs); ``--resume_from_checkpoint``
+    must name a complete checkpoint, the newest complete checkpoint in the output folder is resumed and other
+    contents are refused unless ``--overwrite_output_dir``; a multi-process
     launch on a machine without an accelerator trains data-parallel on CPUs (``use_cpu``); pinned memory and
     DataLoader workers fit the machine. After: ``global_train_batch_size`` is split over the processes and
     accumulation steps. Each mistake exits with status 2 and one message (``ScriptArgumentParser.error``); the
