@@ -785,7 +785,7 @@ def _check_finished_run(parser, ns: argparse.Namespace, out: Path, sources: _Sou
     )
     last_step = _checkpoint_step(last)
     if last is None or last_step != int(state["global_step"]):
-        kept = f"its newest complete checkpoint is {last}" if last else "it kept no complete checkpoint"
+        kept = f"{last} is not its last checkpoint" if last else "it kept no complete checkpoint"
         parser.error(
             f"--output_dir {out} holds a finished run of {done:g} {unit} (step {state['global_step']}), but {kept}: "
             f"continuing needs checkpoint-{state['global_step']} (removed by --save_total_limit 1 with "

@@ -160,7 +160,10 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) 
         report_user_error(f"{prog}: error: {err}")
         return 2
     except Exception as err:  # OSError, torch's RuntimeError, safetensors' SafetensorError: a full disk?
-        message = disk_full_message(err, held_folder())
+        try:
+            message = disk_full_message(err, held_folder())
+        except Exception:  # never hide the error itself
+            message = None
         if message is None or traceback:
             raise
         report_user_error(f"{prog}: error: {message}")
