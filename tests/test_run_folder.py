@@ -465,3 +465,45 @@ def test_finished_runs_at_parse_time(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             parse(["--split_seeds", "1-2", "--num_train_epochs", epochs], root)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+FAKE_LAUNCHER = textwrap.dedent("""
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2]])
+    print(child.pid, flush=True)
+    time.sleep(300)
+""")
+LONE_WORKER = textwrap.dedent("""
+    import time
+    from modeling_amlpf.cli.launch import start_launcher_watchdog
+    assert start_launcher_watchdog(interval_s=0.2) is not None
+    print("watching", flush=True)
+    time.sleep(300)
+""")
+
+
+def test_a_single_process_launch_stops_with_its_launcher_and_a_shell_is_no_launcher(tmp_path):
+    """``accelerate launch`` with one process sets no LOCAL_RANK: its command line tells it apart from a shell."""
+    from modeling_amlpf.cli.launch import _is_launcher
+
+    launcher_script = tmp_path / "accelerate"  # argv: python .../accelerate launch ...
+    launcher_script.write_text(FAKE_LAUNCHER)
+    env = {k: v for k, v in ENV.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    launcher = subprocess.Popen([sys.executable, str(launcher_script), "launch", LONE_WORKER], env=env,
+                                stdout=subprocess.PIPE, text=True)
+    worker = int(launcher.stdout.readline())
+    try:
+        assert launcher.stdout.readline().strip() == "watching"
+        assert _is_launcher(launcher.pid) and not _is_launcher(os.getpid())
+        assert alive(worker)
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(worker)
+    finally:
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

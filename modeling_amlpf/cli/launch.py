@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -122,9 +123,11 @@ def start_launcher_watchdog(interval_s: float = WATCHDOG_INTERVAL_S) -> threadin
     it sends itself SIGTERM (the default action ends it at once, also inside native code). Not started for a
     process run directly (``nohup python train_teacher.py ...`` outlives its shell on purpose).
     (``prctl(PR_SET_PDEATHSIG)`` is not used: it fires when the parent *thread* that started the process ends.)"""
-    if "LOCAL_RANK" not in os.environ:
-        return None
     parent = os.getppid()
+    if "LOCAL_RANK" not in os.environ and not _is_launcher(parent):
+        return None
+    if parent == 1:  # the launcher died before this process got here
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def watch() -> None:
         while True:
@@ -138,6 +141,20 @@ def start_launcher_watchdog(interval_s: float = WATCHDOG_INTERVAL_S) -> threadin
     thread = threading.Thread(target=watch, name="amlpf-launcher-watchdog", daemon=True)
     thread.start()
     return thread
+
+
+def _is_launcher(pid: int) -> bool:
+    """Whether process ``pid`` is ``accelerate launch`` or ``torchrun`` (Linux: its command line), which start a
+    single process without ``LOCAL_RANK``."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    names = {os.path.basename(word) for word in words[:3]}
+    return bool(names & {"torchrun", "torch.distributed.run"}) or (
+        bool({"accelerate", "accelerate.commands.launch", "accelerate.commands.accelerate_cli"} & names)
+        and "launch" in " ".join(words[:4])
+    )
 
 
 def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
