@@ -447,6 +447,12 @@ def test_finished_runs_at_parse_time(tmp_path, capsys):
     *_, training = parse(["--num_train_epochs", "2", "--overwrite_output_dir"], out)  # trains again, on request
     assert training.resume_from_checkpoint is None
 
+    stopped = tmp_path / "stopped"  # killed after training, before the test predictions: they are written now
+    write_finished_run(stopped)
+    (stopped / "test_results.json").unlink()
+    *_, training = parse(["--num_train_epochs", "2"], stopped)
+    assert training.resume_from_checkpoint == str(stopped / "checkpoint-6")  # the final step: nothing to train
+
     pruned = tmp_path / "pruned"  # --save_total_limit 1 kept only the selected checkpoint
     write_finished_run(pruned, keep_last=False)
     with pytest.raises(SystemExit) as exit_info:

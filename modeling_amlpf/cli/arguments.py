@@ -771,10 +771,13 @@ def _check_finished_run(parser, ns: argparse.Namespace, out: Path, sources: _Sou
             f"with --do_train False --model_name_or_path {folders[0]}, train a shorter run into another "
             f"--output_dir, or pass --overwrite_output_dir to replace it"
         )
-    if requested <= done + 1e-6:
+    missing = [str(f / RESULTS_FILE) for f in folders if ns.do_predict and not (f / RESULTS_FILE).is_file()]
+    if requested <= done + 1e-6 and not missing:
         if is_main_process():
             print(_finished_run_report(ns, folders, states, done, unit, flag, script), flush=True)
         sys.exit(0)
+    if requested <= done + 1e-6 and seeds:
+        return False  # a split stopped before its records: the root folder is refused below
     if seeds:
         parser.error(
             f"--output_dir {out} holds finished runs of {done:g} {unit}; to train a split longer, run it alone: "
@@ -786,6 +789,12 @@ def _check_finished_run(parser, ns: argparse.Namespace, out: Path, sources: _Sou
     last_step = _checkpoint_step(last)
     if last is None or last_step != int(state["global_step"]):
         kept = f"{last} is not its last checkpoint" if last else "it kept no complete checkpoint"
+        if missing:
+            parser.error(
+                f"--output_dir {out} holds a run whose training finished ({done:g} {unit}) but {missing[0]} is "
+                f"missing, and {kept}: write its records with --do_train False --model_name_or_path {out}, or pass "
+                "--overwrite_output_dir to train again"
+            )
         parser.error(
             f"--output_dir {out} holds a finished run of {done:g} {unit} (step {state['global_step']}), but {kept}: "
             f"continuing needs checkpoint-{state['global_step']} (removed by --save_total_limit 1 with "
@@ -793,11 +802,16 @@ def _check_finished_run(parser, ns: argparse.Namespace, out: Path, sources: _Sou
         )
     ns.resume_from_checkpoint = last
     sources["resume_from_checkpoint"] = "auto"
-    notes.append(f"{out} holds a finished run of {done:g} {unit}: {flag} {requested:g} continues it from {last}")
+    if missing:  # stopped after training, before its records: the final checkpoint trains nothing and writes them
+        notes.append(f"{out} holds a run whose training finished ({done:g} {unit}) but {missing[0]} is missing (it "
+                     f"stopped before its records were written): resuming {last} trains nothing and writes them")
+    else:
+        notes.append(f"{out} holds a finished run of {done:g} {unit}: {flag} {requested:g} continues it from {last}")
     return True
 
 
 FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+RESULTS_FILE = "test_results.json"  # the records of a finished run, written after its training (--do_predict)
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
 
 
