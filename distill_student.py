@@ -42,9 +42,15 @@ from modeling_amlpf.cli.arguments import (
     parse_script_args,
 )
 from modeling_amlpf.cli.launch import UserError, run_cli, setup_logging
-from modeling_amlpf.cli.protocol import LoadableExtras, evaluation_mode, finish_split, start_split, summarize_splits
+from modeling_amlpf.cli.protocol import (
+    evaluation_mode,
+    finish_split,
+    start_split,
+    summarize_splits,
+    training_callbacks,
+)
 from modeling_amlpf.cli.run_data import check_teacher_split, load_processor
-from modeling_amlpf.cli.run_files import LoadableCheckpoints
+from modeling_amlpf.cli.run_lock import hold_run_folder
 from modeling_amlpf.data.class_names import check_class_names
 from modeling_amlpf.evaluation.metrics import make_compute_metrics
 from modeling_amlpf.evaluation.scoring import default_evaluation_dir
@@ -167,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         StudentArguments, "student", argv, derived_defaults, defaults=STUDENT_DEFAULTS
     )
     setup_logging(training_args)  # this process's level: the other processes of a launch log warnings only
+    hold_run_folder(training_args)  # one run per output folder, until this process ends
     lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
     checkpoint = model_args.model_name_or_path
     training_args, evaluating = evaluation_mode("student", training_args, checkpoint, data_args)
@@ -219,8 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                      min_class_share=model_args.min_class_share))
         else:
             callbacks.append(FusionWeightLogging())
-        if args.do_train:
-            callbacks.append(LoadableCheckpoints(LoadableExtras(run, model), processor=processor))
+        callbacks += training_callbacks(run, model, processor)
         trainer = DistillationTrainer(
             model=model,
             args=args,

@@ -32,9 +32,15 @@ from modeling_amlpf.cli.arguments import (
     parse_script_args,
 )
 from modeling_amlpf.cli.launch import run_cli, setup_logging
-from modeling_amlpf.cli.protocol import LoadableExtras, evaluation_mode, finish_split, start_split, summarize_splits
+from modeling_amlpf.cli.protocol import (
+    evaluation_mode,
+    finish_split,
+    start_split,
+    summarize_splits,
+    training_callbacks,
+)
 from modeling_amlpf.cli.run_data import load_processor
-from modeling_amlpf.cli.run_files import LoadableCheckpoints
+from modeling_amlpf.cli.run_lock import hold_run_folder
 from modeling_amlpf.data.class_names import check_class_names
 from modeling_amlpf.evaluation.metrics import make_compute_metrics
 from modeling_amlpf.evaluation.scoring import default_evaluation_dir
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         TeacherArguments, "teacher", argv, derived_defaults
     )
     setup_logging(training_args)  # this process's level: the other processes of a launch log warnings only
+    hold_run_folder(training_args)  # one run per output folder, until this process ends
     lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
     checkpoint = model_args.model_name_or_path
     training_args, evaluating = evaluation_mode("teacher", training_args, checkpoint, data_args)
@@ -115,8 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         # Trainer: cross-entropy on (mean of 8 crop logits + global logits) / 2, the paper's epoch-step schedule;
         # every saved or pushed folder loads on its own
         callbacks = [ViewEpochCallback()]
-        if args.do_train:
-            callbacks.append(LoadableCheckpoints(LoadableExtras(run, model), processor=processor))
+        callbacks += training_callbacks(run, model, processor)
         trainer = AmlpfTrainer(
             model=model,
             args=args,

@@ -220,10 +220,10 @@ def test_help_needs_no_dataset_and_documents_the_recipe_flag(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- 14.6 resume
 def make_checkpoint(folder: Path, step: int) -> Path:
-    checkpoint = folder / f"checkpoint-{step}"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    return checkpoint
+    """A complete checkpoint-<step> (weights, optimizer, scheduler, state): only those are resumed."""
+    from test_run_folder import write_checkpoint
+
+    return write_checkpoint(folder / f"checkpoint-{step}", step)
 
 
 def test_a_checkpoint_in_the_output_folder_is_resumed(tmp_path):

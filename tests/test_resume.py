@@ -1,5 +1,6 @@
-"""Kill and resume: a run resumed from a mid-epoch checkpoint ends with the weights and the resampling history of
-the uninterrupted run, in one process and in two (``accelerate launch``, gloo on CPU).
+"""Kill and resume: a run resumed from a mid-epoch checkpoint ends with the weights, the resampling history and the
+training metrics (``train_loss``, the logged losses that ``losses.png`` draws) of the uninterrupted run, in one
+process and in two (``accelerate launch``, gloo on CPU).
 
 The pipeline is the student's: random training views of image files (``training_views.attach_views``, a pure
 function of seed, epoch and row), ``DistillationTrainer`` with a frozen teacher, ``ClassBalancedResampling``,
@@ -7,7 +8,8 @@ the epoch-step schedule and checkpoints every few steps. The interrupted run is 
 model, new Trainer, new callbacks, only the checkpoint folder carried over.
 
 Run as a script (``accelerate launch tests/test_resume.py OUT_DIR``), it does both runs and writes
-``OUT_DIR/{full,resumed}/`` with the final ``model.safetensors`` and ``resampling_history.json``.
+``OUT_DIR/{full,resumed}/`` with the final ``model.safetensors``, ``resampling_history.json``,
+``trainer_state.json`` and ``train_results.json``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def train(output_dir: Path, image_dir: Path, resume_from: str | None = None):
     from transformers import AutoConfig, AutoModel, TrainingArguments
 
     from modeling_amlpf import AmlpfImageProcessor
+    from modeling_amlpf.cli.run_files import WholeRunTrainLoss
     from modeling_amlpf.training.resampling import ClassBalancedResampling
     from modeling_amlpf.training.trainers import DistillationTrainer, training_collator
     from modeling_amlpf.training.views import ViewEpochCallback, attach_views
@@ -76,11 +79,13 @@ def train(output_dir: Path, image_dir: Path, resume_from: str | None = None):
     )
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=views["train"], data_collator=training_collator,
-        callbacks=[ViewEpochCallback(), ClassBalancedResampling(CLASS_NAMES)], lr_schedule=[(1, 1e-3), (2, 5e-4)],
-        teacher_model=teacher,
+        callbacks=[ViewEpochCallback(), ClassBalancedResampling(CLASS_NAMES), WholeRunTrainLoss()],
+        lr_schedule=[(1, 1e-3), (2, 5e-4)], teacher_model=teacher,
     )
-    trainer.train(resume_from_checkpoint=resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
     return trainer
 
 
@@ -123,6 +128,29 @@ def assert_same_end(full: Path, resumed: Path) -> None:
     assert json.loads((resumed / "resampling_history.json").read_text()) == history
     first_weights = history["epochs"][0]["next_epoch_class_weights"]
     assert len(set(first_weights.values())) > 1  # the second epoch really drew with class weights
+    assert_same_training_metrics(full, resumed)
+
+
+def logged_losses(run_dir: Path) -> list[tuple]:
+    """(step, loss, ce_loss, kd_loss) of every training-loss entry of the run's final trainer_state.json."""
+    log = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    return [(e["step"], e["loss"], e.get("ce_loss"), e.get("kd_loss")) for e in log if "loss" in e]
+
+
+def assert_same_training_metrics(full: Path, resumed: Path) -> None:
+    """train_loss and the curve points of the resumed run are the uninterrupted run's (float noise aside), and
+    train_loss is the step-weighted mean of the logged losses, computed here independently."""
+    full_log, resumed_log = logged_losses(full), logged_losses(resumed)
+    assert [e[0] for e in full_log] == [e[0] for e in resumed_log]
+    np.testing.assert_allclose([e[1:] for e in full_log], [e[1:] for e in resumed_log], rtol=1e-4, atol=1e-5)
+    steps = [0] + [e[0] for e in full_log]
+    expected = sum(e[1] * (b - a) for e, a, b in zip(full_log, steps, steps[1:])) / steps[-1]
+    full_loss = json.loads((full / "train_results.json").read_text())["train_loss"]
+    resumed_loss = json.loads((resumed / "train_results.json").read_text())["train_loss"]
+    final = json.loads((resumed / "trainer_state.json").read_text())["log_history"][-1]
+    assert final["train_loss"] == resumed_loss  # the log entry too, not only the returned metrics
+    np.testing.assert_allclose(full_loss, expected, rtol=1e-4)  # logged losses are rounded to 4 digits
+    np.testing.assert_allclose(resumed_loss, full_loss, rtol=1e-5)
 
 
 def test_resume_mid_epoch_equals_the_uninterrupted_run(tmp_path):

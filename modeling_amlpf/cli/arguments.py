@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -22,7 +23,6 @@ from typing import Literal
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 from transformers.utils import logging
 
@@ -42,6 +42,8 @@ from .launch import (
     local_world_size,
     report_user_error,
 )
+from .run_files import checkpoint_folders, checkpoint_problem, newest_complete_checkpoint
+from .run_lock import LOCK_NAME, describe_holder, in_use_by
 
 OUTPUT_ROOT_ENV = "AMLPF_OUTPUT_DIR"
 logger = logging.get_logger(__name__)
@@ -494,8 +496,10 @@ def parse_script_args(
     (``set_defaults``), so they keep their types; choices are checked for recipe values and flags alike.
 
     Then, before the dataclasses are built: a teacher architecture chosen on the command line drops the
-    recipe's pretrained backbone; ``--resume_from_checkpoint`` must name a checkpoint, a checkpoint in the
-    output folder is resumed and other contents are refused unless ``--overwrite_output_dir``; a multi-process
+    recipe's pretrained backbone; an output folder in use by another run is refused; a finished run in it is not
+    trained again (the command reports it and exits, or continues it for more epochs); ``--resume_from_checkpoint``
+    must name a complete checkpoint, the newest complete checkpoint in the output folder is resumed and other
+    contents are refused unless ``--overwrite_output_dir``; a multi-process
     launch on a machine without an accelerator trains data-parallel on CPUs (``use_cpu``); pinned memory and
     DataLoader workers fit the machine. After: ``global_train_batch_size`` is split over the processes and
     accumulation steps. Each mistake exits with status 2 and one message (``ScriptArgumentParser.error``); the
@@ -540,7 +544,7 @@ def parse_script_args(
 
     # Checks and corrections before TrainingArguments sets up the devices
     _check_values(parser, namespace)
-    _check_output_dir(parser, namespace, sources, notes)
+    _check_output_dir(parser, namespace, sources, notes, section)
     _fit_machine(namespace, sources, notes)
     global_batch = _global_batch(parser, namespace, given, recipe, config, notes)
 
@@ -636,12 +640,24 @@ def _check_values(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:
                      "drop --split_seeds")
 
 
-def _check_output_dir(parser: ScriptArgumentParser, ns: argparse.Namespace, sources: _Sources, notes: list[str]):
-    """As the Hugging Face example scripts: resume the last checkpoint of the output folder, refuse other
-    contents unless ``--overwrite_output_dir``; a ``--resume_from_checkpoint`` that is no checkpoint fails here."""
+def _check_output_dir(
+    parser: ScriptArgumentParser, ns: argparse.Namespace, sources: _Sources, notes: list[str], section: str
+):
+    """As the Hugging Face example scripts: resume the newest complete checkpoint of the output folder, refuse
+    other contents unless ``--overwrite_output_dir``; a ``--resume_from_checkpoint`` that is no complete checkpoint
+    fails here, naming the file. A folder in use by another run is refused; a finished run is not trained again
+    (:func:`_check_finished_run`)."""
     if not ns.do_train or not ns.output_dir:
         return
     out = Path(ns.output_dir)
+    holder = in_use_by(out)
+    if holder is not None:
+        parser.error(
+            f"--output_dir {out} is in use by another run: {describe_holder(holder)}. Wait for it to end or stop it, "
+            "or choose another --output_dir"
+        )
+    if not ns.overwrite_output_dir and _check_finished_run(parser, ns, out, sources, notes, section):
+        return
     resume = ns.resume_from_checkpoint
     if resume is not None:
         text = str(resume).strip()
@@ -651,10 +667,9 @@ def _check_output_dir(parser: ScriptArgumentParser, ns: argparse.Namespace, sour
             parser.error("--resume_from_checkpoint resumes one run; with --split_seeds run the unfinished split "
                          "alone (--split_seed K --output_dir <output_dir>/split_K --resume_from_checkpoint ...)")
         elif text.lower() == "true":
-            last = get_last_checkpoint(str(out)) if out.is_dir() else None
-            if last is None:
+            ns.resume_from_checkpoint = _newest_complete(parser, out, "--resume_from_checkpoint True: ")
+            if ns.resume_from_checkpoint is None:
                 parser.error(f"--resume_from_checkpoint True: --output_dir {out} holds no checkpoint-<step> folder")
-            ns.resume_from_checkpoint = _checked_checkpoint(parser, last)
             sources["resume_from_checkpoint"] = "auto"
         else:
             ns.resume_from_checkpoint = _checked_checkpoint(parser, text)
@@ -662,17 +677,17 @@ def _check_output_dir(parser: ScriptArgumentParser, ns: argparse.Namespace, sour
             return
     if ns.overwrite_output_dir or not out.is_dir():
         return
-    entries = sorted(p.name for p in out.iterdir())
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)  # a stale lock of a killed run
     if not entries:
         return
-    last = None if ns.split_seeds else get_last_checkpoint(str(out))
+    last = None if ns.split_seeds else _newest_complete(parser, out, "")
     if last is None:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         parser.error(
             f"--output_dir {out} already exists and is not empty ({shown}) and holds no checkpoint to resume: pass "
             "--overwrite_output_dir to train into it from scratch, or choose another --output_dir"
         )
-    ns.resume_from_checkpoint = _checked_checkpoint(parser, last)
+    ns.resume_from_checkpoint = last
     sources["resume_from_checkpoint"] = "auto"
     notes.append(
         f"Checkpoint detected, resuming training at {last}. To avoid this behavior, change the `--output_dir` or "
@@ -680,20 +695,171 @@ def _check_output_dir(parser: ScriptArgumentParser, ns: argparse.Namespace, sour
     )
 
 
+def _newest_complete(parser: ScriptArgumentParser, out: Path, flag: str) -> str | None:
+    """The newest complete checkpoint of ``out`` (None when it has no checkpoint folder); the incomplete newer
+    ones are named in a warning, and a folder with only incomplete ones is refused, each problem named."""
+    last, skipped = newest_complete_checkpoint(out)
+    if last is None and skipped:
+        parser.error(
+            f"{flag}--output_dir {out} holds no complete checkpoint to resume ({'; '.join(skipped)}): pass "
+            "--overwrite_output_dir to train into it from scratch, or choose another --output_dir"
+        )
+    if skipped and is_main_process():
+        logger.warning(f"skipping incomplete checkpoints (newest first): {'; '.join(skipped)}; resuming {last}")
+    return last
+
+
 def _checked_checkpoint(parser: ScriptArgumentParser, path: str) -> str:
-    """``path`` when it is a Trainer checkpoint (a folder with trainer_state.json), else the reason it is not."""
+    """``path`` when it is a complete Trainer checkpoint, else the reason it is not (the file named)."""
     folder = Path(path)
     if not folder.is_dir():
         parser.error(f"--resume_from_checkpoint {path}: no such folder")
-    if not (folder / TRAINER_STATE_NAME).is_file():
-        inner = get_last_checkpoint(str(folder))
+    if not (folder / TRAINER_STATE_NAME).is_file() and not _checkpoint_step(str(folder)):
+        inner, _ = newest_complete_checkpoint(folder)
         hint = (
             f"it holds checkpoint folders; the last is {inner}" if inner else
+            "it holds checkpoint folders, none of them complete" if checkpoint_folders(folder) else
             "a checkpoint is one of the checkpoint-<step> folders that training writes into --output_dir (it may "
             "also have stopped while this one was being saved)"
         )
         parser.error(f"--resume_from_checkpoint {path} is not a Trainer checkpoint (no {TRAINER_STATE_NAME}): {hint}")
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        parser.error(
+            f"--resume_from_checkpoint {path} cannot be resumed: {problem}. A checkpoint is one of the "
+            "checkpoint-<step> folders that training writes into --output_dir; --resume_from_checkpoint True takes "
+            "the newest complete one"
+        )
     return str(folder)
+
+
+def finished_run_state(folder: str | Path) -> dict | None:
+    """The final ``trainer_state.json`` of a finished training run in ``folder`` (the scripts save it beside the
+    final weights once training ends: ``global_step`` reached ``max_steps``), else None."""
+    folder = Path(folder)
+    state_path = folder / TRAINER_STATE_NAME
+    if not state_path.is_file() or not any((folder / name).is_file() for name in FINAL_WEIGHTS):
+        return None
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        steps, max_steps = int(state["global_step"]), int(state["max_steps"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return state if 0 < max_steps <= steps else None
+
+
+def _check_finished_run(parser, ns: argparse.Namespace, out: Path, sources: _Sources, notes: list[str],
+                        section: str) -> bool:
+    """A training command pointed at a finished run never retrains it nor rewrites its records: with the epochs it
+    was trained for (or fewer: refused) nothing runs and the command says how to use the run; more epochs
+    (``--num_train_epochs``, or ``--max_steps``) continue from its last checkpoint. True when that continuation
+    was set up (``ns.resume_from_checkpoint``); exits (status 0) when the run is complete."""
+    seeds = parse_seeds(ns.split_seeds) if ns.split_seeds else None
+    folders = [out / f"split_{seed}" for seed in seeds] if seeds else [out]
+    states = [finished_run_state(folder) for folder in folders]
+    if not all(states):
+        return False
+    state = states[0]
+    by_steps = ns.max_steps is not None and ns.max_steps > 0
+    done = int(state["global_step"]) if by_steps else float(state.get("epoch") or 0.0)
+    requested = ns.max_steps if by_steps else float(ns.num_train_epochs)
+    unit, flag = ("steps", "--max_steps") if by_steps else ("epochs", "--num_train_epochs")
+    script = "train_teacher.py" if section == "teacher" else "distill_student.py"
+    if requested < done - 1e-6:
+        parser.error(
+            f"--output_dir {out} holds a finished run of {done:g} {unit}; {flag} {requested:g} is fewer. Evaluate it "
+            f"with --do_train False --model_name_or_path {folders[0]}, train a shorter run into another "
+            f"--output_dir, or pass --overwrite_output_dir to replace it"
+        )
+    missing = [str(f / RESULTS_FILE) for f in folders if ns.do_predict and not (f / RESULTS_FILE).is_file()]
+    if requested <= done + 1e-6 and not missing:
+        if is_main_process():
+            print(_finished_run_report(ns, folders, states, done, unit, flag, script), flush=True)
+        sys.exit(0)
+    if requested <= done + 1e-6 and seeds:
+        return False  # a split stopped before its records: the root folder is refused below
+    if seeds:
+        parser.error(
+            f"--output_dir {out} holds finished runs of {done:g} {unit}; to train a split longer, run it alone: "
+            f"--split_seed K --output_dir {out}/split_K {flag} {requested:g}"
+        )
+    last = _checked_checkpoint(parser, str(ns.resume_from_checkpoint)) if _explicit(ns.resume_from_checkpoint) else (
+        newest_complete_checkpoint(out)[0]
+    )
+    last_step = _checkpoint_step(last)
+    if last is None or last_step != int(state["global_step"]):
+        kept = f"{last} is not its last checkpoint" if last else "it kept no complete checkpoint"
+        if missing:
+            parser.error(
+                f"--output_dir {out} holds a run whose training finished ({done:g} {unit}) but {missing[0]} is "
+                f"missing, and {kept}: write its records with --do_train False --model_name_or_path {out}, or pass "
+                "--overwrite_output_dir to train again"
+            )
+        parser.error(
+            f"--output_dir {out} holds a finished run of {done:g} {unit} (step {state['global_step']}), but {kept}: "
+            f"continuing needs checkpoint-{state['global_step']} (removed by --save_total_limit 1 with "
+            "--load_best_model_at_end). Pass --overwrite_output_dir to train again from scratch"
+        )
+    ns.resume_from_checkpoint = last
+    sources["resume_from_checkpoint"] = "auto"
+    if missing:  # stopped after training, before its records: the final checkpoint trains nothing and writes them
+        notes.append(f"{out} holds a run whose training finished ({done:g} {unit}) but {missing[0]} is missing (it "
+                     f"stopped before its records were written): resuming {last} trains nothing and writes them")
+    else:
+        notes.append(f"{out} holds a finished run of {done:g} {unit}: {flag} {requested:g} continues it from {last}")
+    return True
+
+
+FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+RESULTS_FILE = "test_results.json"  # the records of a finished run, written after its training (--do_predict)
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
+
+
+def _explicit(resume) -> bool:
+    return resume is not None and str(resume).strip().lower() not in ("", "false", "none", "true")
+
+
+def _checkpoint_step(path: str | None) -> int | None:
+    match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name) if path else None
+    return int(match.group(1)) if match else None
+
+
+def _finished_run_report(ns, folders: list[Path], states: list[dict], done: float, unit: str, flag: str,
+                         script: str) -> str:
+    """What a finished run is and the commands that use it; nothing was trained or written."""
+    root = Path(ns.output_dir)
+    lines = [f"{root} holds a finished run: nothing was trained and no file was written."]
+    for folder, state in zip(folders, states):
+        where = f"  {folder.name}: " if len(folders) > 1 else "  "
+        lines.append(f"{where}trained {float(state.get('epoch') or 0):g} epochs ({state['global_step']} steps)")
+        if state.get("best_model_checkpoint"):
+            metric = ns.metric_for_best_model or "loss"
+            best = state.get("best_metric")
+            shown = f", validation {metric} {best:.4g}" if isinstance(best, (int, float)) else ""
+            lines.append(f"{where}selected checkpoint: {Path(state['best_model_checkpoint']).name}{shown}")
+        results = _read_json_dict(folder / "test_results.json")
+        shown = [f"{name} {results[f'test_{name}']:.4g}" for name in HEADLINE_METRICS
+                 if isinstance(results.get(f"test_{name}"), (int, float))]
+        recorded = f"{', '.join(shown)} (all in {folder / 'test_results.json'})" if shown else "none recorded"
+        lines.append(f"{where}test metrics: {recorded}")
+    if len(folders) > 1 and (root / "splits_summary.md").is_file():
+        lines.append(f"  summary over the splits: {root / 'splits_summary.md'}")
+    dataset = f"--dataset {ns.dataset} " if ns.dataset else ""
+    dataset += f"--data_dir {ns.data_dir} " if ns.data_dir else ""
+    lines += [
+        f"To evaluate it:   python {script} {dataset}--do_train False --model_name_or_path {folders[0]}",
+        "To train again:   the same command with --overwrite_output_dir (replaces the run)",
+        f"To train longer:  the same command with {flag} larger than {done:g} (continues from the last checkpoint)",
+    ]
+    return "\n".join(lines)
+
+
+def _read_json_dict(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _fit_machine(ns: argparse.Namespace, sources: _Sources, notes: list[str]) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -112,15 +115,79 @@ def setup_logging(training_args=None) -> None:
         huggingface_hub.utils.logging.set_verbosity(logging.ERROR)
 
 
+WATCHDOG_INTERVAL_S = 1.0
+
+
+def start_launcher_watchdog(interval_s: float = WATCHDOG_INTERVAL_S) -> threading.Thread | None:
+    """In a process started by a launcher (``accelerate launch``, ``torchrun``: ``LOCAL_RANK`` is set), end this
+    process when the launcher dies. A launcher stops its workers when it is interrupted or one of them fails, but a
+    launcher killed outright (SIGKILL, a crashed session) leaves them training to the end, writing into the output
+    folder that a new run may already use. A daemon thread polls the parent pid; when the process is re-parented
+    it sends itself SIGTERM (the default action ends it at once, also inside native code). Not started for a
+    process run directly (``nohup python train_teacher.py ...`` outlives its shell on purpose).
+    (``prctl(PR_SET_PDEATHSIG)`` is not used: it fires when the parent *thread* that started the process ends.)"""
+    parent = os.getppid()
+    if "LOCAL_RANK" not in os.environ and not _is_launcher(parent):
+        return None
+    if parent == 1:  # the launcher died before this process got here
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                print(f"[rank {process_rank()}] the launcher (pid {parent}) is gone: stopping", file=sys.stderr,
+                      flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    thread = threading.Thread(target=watch, name="amlpf-launcher-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _is_launcher(pid: int) -> bool:
+    """Whether process ``pid`` is ``accelerate launch`` or ``torchrun`` (Linux: its command line), which start a
+    single process without ``LOCAL_RANK``."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    names = {os.path.basename(word) for word in words[:3]}
+    return bool(names & {"torchrun", "torch.distributed.run"}) or (
+        bool({"accelerate", "accelerate.commands.launch", "accelerate.commands.accelerate_cli"} & names)
+        and "launch" in " ".join(words[:4])
+    )
+
+
 def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
     """Run a script's ``main(argv)``; a user error (:data:`USER_ERRORS`) becomes one message on stderr (once per
-    launch, see :func:`report_user_error`) and exit code 2. ``AMLPF_TRACEBACK=1`` re-raises it with its traceback."""
+    launch, see :func:`report_user_error`) and exit code 2, and so does a full disk (the path named, see
+    ``run_files.disk_full_message``). ``AMLPF_TRACEBACK=1`` re-raises them with their traceback. A worker of a
+    launcher stops when the launcher dies (:func:`start_launcher_watchdog`)."""
+    from .run_files import disk_full_message
+    from .run_lock import held_folder, release_all
+
     argv = sys.argv[1:] if argv is None else argv
+    start_launcher_watchdog()
+    prog = os.path.basename(sys.argv[0]) or "amlpf"
+    traceback = os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes")
     try:
         main(argv)
     except USER_ERRORS as err:
-        if os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
+        if traceback:
             raise
-        report_user_error(f"{os.path.basename(sys.argv[0]) or 'amlpf'}: error: {err}")
+        report_user_error(f"{prog}: error: {err}")
         return 2
+    except Exception as err:  # OSError, torch's RuntimeError, safetensors' SafetensorError: a full disk?
+        try:
+            message = disk_full_message(err, held_folder())
+        except Exception:  # never hide the error itself
+            message = None
+        if message is None or traceback:
+            raise
+        report_user_error(f"{prog}: error: {message}")
+        return 2
+    finally:
+        release_all()  # the run is over: its output folder is free
     return 0

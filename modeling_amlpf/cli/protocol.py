@@ -33,11 +33,19 @@ from ..evaluation.scoring import (
 from ..utils import UserError
 from .arguments import with_output_dir
 from .run_data import check_evaluated_checkpoint, export_run_split, load_split, match_model_classes, model_class_names
-from .run_files import push_output_folder
+from .run_files import LoadableCheckpoints, WholeRunTrainLoss, push_output_folder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SplitRun", "card_facts", "evaluation_mode", "finish_split", "start_split", "summarize_splits"]
+__all__ = [
+    "SplitRun",
+    "card_facts",
+    "evaluation_mode",
+    "finish_split",
+    "start_split",
+    "summarize_splits",
+    "training_callbacks",
+]
 
 
 @dataclass
@@ -159,10 +167,18 @@ class LoadableExtras:
         write_model_card(folder, card_facts(self.run), model=self.model)
 
 
+def training_callbacks(run: SplitRun, model, processor) -> list:
+    """The callbacks of a training run: every saved or pushed folder loads on its own (code, processor, tokenizer,
+    card) and ``train_loss`` covers the whole run across resumes."""
+    if not run.args.do_train:
+        return []
+    return [LoadableCheckpoints(LoadableExtras(run, model), processor=processor), WholeRunTrainLoss()]
+
+
 def save_without_push(trainer) -> None:
     """``trainer.save_model()`` without the push it makes under ``--push_to_hub``: that push would upload the
     Trainer's generic card; ``push_output_folder`` uploads the folder once, with the project's card, at the end.
-    (The public ``save_model`` has no switch for it; its private ``_internal_call`` is the Trainer's own.)"""
+    (The public ``save_model`` has no switch for it.)"""
     push, trainer.args.push_to_hub = trainer.args.push_to_hub, False
     try:
         trainer.save_model()
