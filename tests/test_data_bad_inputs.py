@@ -103,9 +103,9 @@ def test_scan_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     decoded = []
     real_check = scan_module.check_image
 
-    def counting_check(path, rgb8_path):
+    def counting_check(path, rgb8_path, *limits):
         decoded.append(path)
-        return real_check(path, rgb8_path)
+        return real_check(path, rgb8_path, *limits)
 
     monkeypatch.setattr(scan_module, "check_image", counting_check)
     first = load_histo_dataset("imagefolder", tree.data_dir)
