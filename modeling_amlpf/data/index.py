@@ -116,7 +116,11 @@ def list_dir(path: str) -> tuple[list[str], list[str]]:
         for entry in entries:
             if is_os_metadata(entry.name):
                 continue
-            (folders if entry.is_dir() else files).append(entry.name)
+            try:
+                is_folder = entry.is_dir()
+            except OSError:  # a link loop (ELOOP): listed as a file, which the image scan names as unreadable
+                is_folder = False
+            (folders if is_folder else files).append(entry.name)
     return sorted(folders, key=nfc), sorted(files, key=nfc)
 
 
