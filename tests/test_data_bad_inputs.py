@@ -16,7 +16,6 @@ from data_trees import (
     make_imagefolder_tree,
     make_lunghist700_tree,
     write_declared_png,
-    write_image,
     write_mode_image,
     write_non_image,
     write_strip,
