@@ -187,8 +187,8 @@ def check_image_size(
     if problems:
         raise ImageSizeError(
             f"{name} is {width}x{height} px (width x height): {' and '.join(problems)}, beyond any histology "
-            "tile; its views would need gigabytes of memory. Cut it into tiles, or raise the processor's limit "
-            "(preprocessor_config.json; 0 turns it off)."
+            "tile; its views would need gigabytes of memory. Cut it into tiles, or raise the limit (the image "
+            "processor's max_image_pixels / max_aspect_ratio in preprocessor_config.json; 0 turns it off)."
         )
 
 
