@@ -349,3 +349,24 @@ def test_one_class_is_refused_naming_the_folder_and_the_class(tmp_path):
     assert "--external_cohort" in message
     cohort = load_histo_dataset("imagefolder", tree.data_dir, external_cohort=True)  # evaluation: one class is fine
     assert len(cohort["test"]) == 6
+
+
+@pytest.mark.parametrize("name", ["x,y=z", "a=b", "Tumour"])
+def test_the_class_map_hint_is_a_form_the_parser_accepts(tmp_path, name):
+    import re
+
+    from modeling_amlpf.data.cohort import map_class_names, parse_class_map
+
+    with pytest.raises(ValueError) as error:
+        map_class_names([name, "normal"], ["normal", "tumor"], {}, data_source="the data", model_source="the model")
+    message = str(error.value)
+    inline = re.search(r'--class_map "(.*)" \(or a YAML/JSON file\)', message)
+    if inline:
+        class_map = parse_class_map(inline.group(1))
+    else:
+        entry = re.search(r"a YAML file holding the line (.*) \(--class_map map\.yaml\)", message).group(1)
+        (tmp_path / "map.yaml").write_text(entry + "\n", encoding="utf-8")
+        class_map = parse_class_map(str(tmp_path / "map.yaml"))
+    assert class_map == {name: "normal"}
+    new_ids, _ = map_class_names([name, "normal"], ["normal", "tumor"], class_map, data_source="d", model_source="m")
+    assert new_ids == [0, 0]
