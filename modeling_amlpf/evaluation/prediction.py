@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -293,7 +294,7 @@ def load_model_and_processor(name_or_path: str, *, trust_remote_code: bool = Fal
     from huggingface_hub.utils import validate_repo_id
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from ..pretrained.weights import hub_access_error
+    from ..pretrained.weights import hub_access_error, refused_pickle_message
 
     local = os.path.isdir(name_or_path)
     if not local:
@@ -307,9 +308,17 @@ def load_model_and_processor(name_or_path: str, *, trust_remote_code: bool = Fal
             raise PredictionInputError(
                 f"--model {name_or_path}: no such folder, and not a Hub id (org/name)."
             ) from error
+    if local and not os.path.isfile(os.path.join(name_or_path, "preprocessor_config.json")):
+        raise PredictionInputError(
+            f"--model {name_or_path} has no preprocessor_config.json: the views it was trained with (crop size, "
+            "upsizing, normalisation) are unknown, and default views would give wrong predictions. Copy it from the "
+            "run that trained the model (its output folder, beside config.json)."
+        )
     try:
         model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError as error:
+        raise PredictionInputError(f"--model {name_or_path}: {refused_pickle_message(error)}") from None
     except (OSError, ValueError) as error:
         explained = None if local else hub_access_error(
             error, name_or_path, local_hint=f"download it (hf download {name_or_path} --local-dir DIR) and pass DIR"

@@ -182,6 +182,28 @@ class WeightsFileError(UserError, ValueError):
     foreign file): the message names the file and how to re-save it; the scripts print it and exit with 2."""
 
 
+def refused_pickle_message(error: BaseException) -> str:
+    """One line for a ``pickle.UnpicklingError`` that ``torch.load(weights_only=True)`` raised inside a loader
+    (``from_pretrained`` of a checkpoint with a ``pytorch_model.bin``): the file, found among the loader's
+    arguments in the traceback, and what the unpickler refused; never the advice to unpickle it anyway."""
+    files = []
+    traceback = error.__traceback__
+    while traceback is not None:
+        for value in traceback.tb_frame.f_locals.values():
+            if isinstance(value, (str, os.PathLike)) and str(value).endswith(WEIGHT_SUFFIXES):
+                files += [os.fspath(value)] if os.path.isfile(value) else []
+        traceback = traceback.tb_next
+    lines = [line.strip() for line in str(error).splitlines()]
+    reason = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("WeightsUnpickler error:")), "")
+    reason = reason.split(" Please use `torch.serialization")[0] or (lines[0] if lines else type(error).__name__)
+    where = f"the weights file {files[-1]}" if files else "a weights file"
+    return (
+        f"{where} is a pickle that torch.load(weights_only=True) refuses ({reason}): it holds more than tensors, "
+        "and arbitrary pickles are never unpickled here. Re-save the model from a trusted copy with "
+        "save_pretrained (model.safetensors) or torch.save(model.state_dict(), path)."
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file safely with timm's reader: ``.safetensors``, or a ``torch.save``d state dict loaded with
     ``weights_only=True`` (timm unwraps ``state_dict``/``model`` and strips ``module.``); then only tensors may be
