@@ -423,3 +423,11 @@ def test_saved_weights_have_the_permissions_of_the_other_files(tmp_path, tiny_te
         os.umask(previous)
     modes = {name: os.stat(os.path.join(checkpoint, name)).st_mode & 0o777 for name in os.listdir(checkpoint)}
     assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
+
+
+def test_trust_remote_code_keeps_the_package_code_for_its_own_checkpoints(tmp_path, tiny_teacher):
+    """What docs/prediction.md says the flag does: a checkpoint of this package loads with the installed code."""
+    checkpoint = _save_checkpoint(tiny_teacher, tmp_path / "teacher")
+    model, processor = load_model_and_processor(checkpoint, trust_remote_code=True)
+    assert type(model).__module__ == "modeling_amlpf.models.modeling_amlpf"
+    assert type(processor).__module__ == "modeling_amlpf.models.image_processing_amlpf"

@@ -288,8 +288,10 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 def load_model_and_processor(name_or_path: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """The model and its processor from a checkpoint folder or a Hub id, in eval mode on the CPU.
 
-    Checkpoints of this package load through the registered Auto classes; `trust_remote_code=True` loads the
-    code saved in the checkpoint (for checkpoints whose classes are not registered in this process)."""
+    Checkpoints of this package load through the registered Auto classes, also with `trust_remote_code=True`
+    (transformers prefers a registered class); the flag only lets transformers run the code saved in a
+    checkpoint whose model type is not registered in this process. A local checkpoint needs its
+    `preprocessor_config.json` (its views), and refused pickles are named: both `PredictionInputError`."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
     from transformers import AutoImageProcessor, AutoModelForImageClassification
