@@ -159,41 +159,45 @@ def is_utf8_name(path: str) -> bool:
 
 def drop_duplicate_files(index: ImageIndex) -> ImageIndex:
     """The index with each file once: the same file (same device and inode: a symbolic link, a linked folder, a
-    hard link) under two paths is kept at its first path with a warning when both paths carry one label, and
-    refused naming both paths when they carry different labels (it would be trained and tested as both)."""
-    first_path: dict[tuple[int, int], int] = {}
-    keep, same_label, conflicts = [], [], []
-    for position, relative in enumerate(index.paths):
+    hard link) under two paths is kept once with a warning when both paths carry one label (at its path without
+    a symbolic link, else its first), and refused naming both paths when they carry different labels (it would
+    be trained and tested as both)."""
+    paths_of: dict[tuple[int, int], list[int]] = {}
+    for position in range(len(index)):
         try:
             stat = os.stat(index.absolute_path(position))
         except OSError:  # missing or a broken link: the scan names it
-            keep.append(position)
             continue
-        key = (stat.st_dev, stat.st_ino)
-        if key not in first_path:
-            first_path[key] = position
-            keep.append(position)
+        paths_of.setdefault((stat.st_dev, stat.st_ino), []).append(position)
+    dropped, same_label, conflicts = set(), [], []
+    for positions in paths_of.values():
+        if len(positions) == 1:
             continue
-        first = first_path[key]
-        pair = f"{printable_path(index.paths[first])} and {printable_path(relative)}"
-        if index.labels[first] == index.labels[position]:
-            same_label.append(pair)
-        else:
-            names = (index.class_names[index.labels[first]], index.class_names[index.labels[position]])
-            conflicts.append(f"{pair} (classes {names[0]!r} and {names[1]!r})")
+        unlinked = [p for p in positions if os.path.realpath(index.absolute_path(p)) == index.absolute_path(p)]
+        kept = (unlinked or positions)[0]
+        for position in positions:
+            if position == kept:
+                continue
+            pair = f"{printable_path(index.paths[position])} (same file as {printable_path(index.paths[kept])})"
+            if index.labels[position] == index.labels[kept]:
+                same_label.append(pair)
+                dropped.add(position)
+            else:
+                names = (index.class_names[index.labels[kept]], index.class_names[index.labels[position]])
+                conflicts.append(f"{pair}: classes {names[0]!r} and {names[1]!r}")
     raise_if_problems(
         {"the same file under two class labels": conflicts},
         f"Some files in {index.root} are reached through two paths (a symbolic or hard link), under different labels.",
         "Remove the link (or the copy) so that each image has one label.",
     )
-    if same_label:
-        logger.warning(
-            "%d file(s) in %s are reached through two paths (a symbolic or hard link) with the same label; each is "
-            "used once, at its first path: %s",
-            len(same_label), index.root, shown(same_label),
-        )
-        return index.subset(keep)
-    return index
+    if not dropped:
+        return index
+    logger.warning(
+        "%d path(s) in %s reach a file already listed (a symbolic or hard link) with the same label; each file is "
+        "used once: %s",
+        len(same_label), index.root, shown(same_label),
+    )
+    return index.subset([position for position in range(len(index)) if position not in dropped])
 
 
 def split_image_files(paths: Iterable[str]) -> tuple[list[str], list[str]]:

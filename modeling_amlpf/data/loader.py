@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Image, Value
 
 from . import demo
-from ..models.image_decoding import printable_path
+from ..models.image_decoding import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS, printable_path
 from .index import (
     BadImageError,
     DataLayoutError,
@@ -30,7 +30,6 @@ from .index import (
     shown,
 )
 from .layouts import LAYOUTS
-from ..models.image_decoding import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 from .scan import ScanReport, scan_images
 from .split_files import (
     FINGERPRINT_COLUMN,
@@ -185,6 +184,8 @@ def _scan(
         for path in badly_named
     ]
     report.num_scanned += len(badly_named)
+    report.missing_files = list(index.missing)
+    report.non_image_files = [printable_path(path) for path in index.non_images]
     if (report.bad_images or report.missing_files) and on_bad_image == "error":
         sections, fixes = [], []
         if report.missing_files:
