@@ -431,3 +431,13 @@ def test_trust_remote_code_keeps_the_package_code_for_its_own_checkpoints(tmp_pa
     model, processor = load_model_and_processor(checkpoint, trust_remote_code=True)
     assert type(model).__module__ == "modeling_amlpf.models.modeling_amlpf"
     assert type(processor).__module__ == "modeling_amlpf.models.image_processing_amlpf"
+
+
+def test_link_loops_among_the_inputs_are_named(tmp_path, caplog):
+    images = _write_images(tmp_path / "images", sizes=SIZES[:1])
+    os.symlink(".", tmp_path / "images" / "again")  # a folder loop inside an input folder: skipped, named
+    os.symlink("loop.png", tmp_path / "loop.png")  # a file loop named on the command line: refused, named
+    assert find_images([tmp_path / "images"]).paths == images
+    assert "again: a symbolic link loop" in caplog.text
+    with pytest.raises(ValueError, match=r"loop\.png: a symbolic link that leads to no file"):
+        find_images([tmp_path / "loop.png"])

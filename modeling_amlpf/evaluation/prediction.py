@@ -162,8 +162,12 @@ def find_images(
                 skipped.append(item)
             else:
                 add(item)
+        elif os.path.islink(item):
+            raise PredictionInputError(
+                f"{printable_path(item)}: a symbolic link that leads to no file (broken, or a loop of links)."
+            )
         else:
-            raise PredictionInputError(f"{item}: no such file or folder.")
+            raise PredictionInputError(f"{printable_path(item)}: no such file or folder.")
     if csv_file is not None:
         paths.extend(read_csv_paths(csv_file, path_column))
     if split_file is not None:
