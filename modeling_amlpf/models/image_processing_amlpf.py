@@ -243,7 +243,7 @@ class AmlpfImageProcessor(BaseImageProcessor):
 
     def check_image_size(self, height: int, width: int, name: str = "an image") -> None:
         """Raise a ValueError (`ImageSizeError`) naming the size and the limit when an image of this size is beyond
-        `max_image_pixels` or `max_aspect_ratio`; data loaders call it on a file's declared size."""
+        `max_image_pixels` or `max_aspect_ratio`: for callers that know a size before decoding (a file's header)."""
         check_image_size(width, height, self.max_image_pixels, self.max_aspect_ratio, name=name)
 
     def decode(self, image: Any) -> Image.Image:
