@@ -84,7 +84,9 @@ class PredictionArguments:
         default=False, metadata={"help": "Stop at the first unreadable file instead of reporting it in the CSV."}
     )
     trust_remote_code: bool = field(
-        default=False, metadata={"help": "Load the model and processor code saved in the checkpoint."}
+        default=False,
+        metadata={"help": "Let transformers run the code saved in a checkpoint whose model type this package does not "
+                          "register; checkpoints of this package always load with the installed package's code."},
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 

@@ -328,3 +328,30 @@ def write_mode_image(path: Path | str, mode: str, size: int = 32) -> np.ndarray:
         Image.fromarray(values).save(path, format="PNG")
         return np.repeat(np.rint(values / 257.0).astype(np.uint8)[..., None], 3, axis=2)
     raise ValueError(f"unsupported mode {mode}")
+
+
+def write_declared_png(path: Path | str, width: int, height: int) -> Path:
+    """A PNG whose header declares `width` x `height` but whose data holds one short row: a few hundred bytes
+    that claim any size (a decompression bomb's header). Only a reader that decodes pixels notices the rest is
+    missing."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    data = zlib.compress(b"\x00" + b"\x80" * 3 * min(width, 64))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def write_strip(path: Path | str, width: int, height: int) -> Path:
+    """A real image of any shape (smooth noise, so it compresses to a few KB): 1x5000, 5000x1, 700x460 ..."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(width * 7919 + height)
+    coarse = rng.integers(0, 256, (max(1, height // 64) + 1, max(1, width // 64) + 1, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((width, height), Image.BILINEAR).save(path)
+    return path

@@ -580,3 +580,95 @@ def test_checkpoint_copy_loads_with_trust_remote_code_without_the_package(tmp_pa
         [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bounded memory per image (issue 23): sizes no tile has are refused from the header, before any upsizing
+# ----------------------------------------------------------------------------------------------------------
+
+MEMORY_PROBE = r"""
+import json, resource, sys
+from PIL import Image
+from modeling_amlpf.models.image_processing_amlpf import AmlpfImageProcessor
+
+processor = AmlpfImageProcessor()  # the paper's views: short side upsized to 512, 224-pixel crops
+processor(Image.new("RGB", (600, 600), (200, 120, 160)))  # warm-up: torch's own first-call allocations
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+outcome = {}
+for path in sys.argv[1:]:
+    try:
+        outcome[path] = list(processor(path)["pixel_values"].shape)
+    except ValueError as error:
+        outcome[path] = str(error)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"extra_peak_kib": peak - base, "outcome": outcome}))
+"""
+
+
+def test_views_of_the_odd_size_catalogue_stay_below_a_gigabyte(tmp_path):
+    """The whole catalogue in one process, measured by its peak resident memory (not traced: torch allocates
+    outside Python). Before the limits, the 1x5000 strip alone took 19 GB and two minutes (512 x 2,560,000)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from data_trees import write_declared_png, write_strip
+
+    files = {
+        "1x5000": write_strip(tmp_path / "1x5000.png", 1, 5000),
+        "5000x1": write_strip(tmp_path / "5000x1.png", 5000, 1),
+        "bomb": write_declared_png(tmp_path / "bomb.png", 100_000, 100_000),
+        "big": write_declared_png(tmp_path / "big.png", 8000, 8000),
+        "breakhis": write_strip(tmp_path / "breakhis.png", 700, 460),
+        "lunghist700": write_strip(tmp_path / "lunghist700.jpg", 1200, 1600),
+        "chaoyang": write_strip(tmp_path / "chaoyang.png", 512, 512),
+        "elongated_at_limit": write_strip(tmp_path / "strip.png", 32, 512),  # 16:1, upsized to 512 x 8192
+    }
+    near_limit = tmp_path / "near_limit.png"  # 39.7 Mpx, just under max_image_pixels: decoded whole
+    Image.new("RGB", (6300, 6300), (180, 100, 150)).save(near_limit, compress_level=1)
+    files["near_limit"] = near_limit
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *map(str, files.values())], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    outcome = {name: report["outcome"][str(path)] for name, path in files.items()}
+    for name in ("breakhis", "lunghist700", "chaoyang", "elongated_at_limit", "near_limit"):
+        assert outcome[name] == [1, 9, 3, 224, 224], name
+    assert "1x5000 px (width x height): its aspect ratio 5000:1 exceeds max_aspect_ratio=16" in outcome["1x5000"]
+    assert "5000x1 px" in outcome["5000x1"] and str(files["5000x1"]) in outcome["5000x1"]
+    assert "64,000,000 pixels exceed max_image_pixels=40,000,000" in outcome["big"]
+    assert "decompression bomb" in outcome["bomb"]
+    assert report["extra_peak_kib"] < 2**20, report  # below 1 GiB above the warmed-up process
+
+
+def test_size_limits_are_checked_before_decoding_and_upsizing(tiny, tmp_path):
+    from data_trees import write_declared_png
+
+    header_only = write_declared_png(tmp_path / "big.png", 8000, 6000)  # decoding it would fail: no pixel data
+    with pytest.raises(ValueError, match=r"big\.png' is 8000x6000 px .*48,000,000 pixels exceed max_image_pix"):
+        tiny(str(header_only))
+    with pytest.raises(ValueError, match=r"a ndarray image is 3x100 px .*aspect ratio 33\.33:1"):
+        tiny(np.zeros((100, 3, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"a Image image is 17x1 px"):
+        tiny(Image.new("RGB", (17, 1)))
+    assert tiny(Image.new("RGB", (16, 1)))["pixel_values"].shape == (1, 9, 3, CROP, CROP)  # 16:1 is allowed
+    unlimited = tiny.with_overrides(max_aspect_ratio=0)
+    assert unlimited(Image.new("RGB", (40, 2)))["pixel_values"].shape == (1, 9, 3, CROP, CROP)
+    with pytest.raises(ValueError, match="max_aspect_ratio is long side / short side"):
+        AmlpfImageProcessor(max_aspect_ratio=0.5)
+
+
+def test_size_limits_are_saved_and_old_configs_get_the_defaults(tmp_path):
+    processor = AmlpfImageProcessor(**TINY_PRESET, max_image_pixels=1_000_000, max_aspect_ratio=4)
+    processor.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "preprocessor_config.json").read_text())
+    assert (saved["max_image_pixels"], saved["max_aspect_ratio"]) == (1_000_000, 4.0)
+    loaded = AmlpfImageProcessor.from_pretrained(tmp_path / "new")
+    with pytest.raises(ValueError, match=r"aspect ratio 5:1 exceeds max_aspect_ratio=4"):
+        loaded(Image.new("RGB", (500, 100)))
+    old = {key: value for key, value in saved.items() if not key.startswith("max_")}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "preprocessor_config.json").write_text(json.dumps(old))
+    loaded = AmlpfImageProcessor.from_pretrained(tmp_path / "old")
+    assert (loaded.max_image_pixels, loaded.max_aspect_ratio) == (40_000_000, 16.0)

@@ -19,6 +19,7 @@ from PIL import Image
 import predict
 from modeling_amlpf import AmlpfImageProcessor
 from modeling_amlpf.evaluation.prediction import (
+    UnreadableImageError,
     class_colors,
     crop_boxes,
     find_images,
@@ -320,3 +321,123 @@ def test_split_file_input_lists_one_part_relative_to_its_data_root(tmp_path):
     ]
     with pytest.raises(ValueError, match="no part 'validation'"):
         find_images([], split_file=split_file, split_part="validation", data_dir=moved)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Odd inputs (issue 23): every row and the summary are written; checkpoints that cannot be used are named
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_every_row_and_the_summary_are_written_for_odd_names_and_sizes(tmp_path, tiny_teacher):
+    from data_trees import write_declared_png, write_strip
+
+    good = _write_images(tmp_path / "images", sizes=SIZES[:2])
+    latin1 = os.fsencode(tmp_path / "images") + b"/latin1_\xe9\xff.png"  # not UTF-8: Python holds surrogates
+    with open(latin1, "wb") as handle:
+        handle.write(open(good[0], "rb").read())
+    strip = str(write_strip(tmp_path / "images" / "strip.png", 1, 5000))
+    bomb = str(write_declared_png(tmp_path / "images" / "bomb.png", 100_000, 100_000))
+    found = find_images([tmp_path / "images"])
+    assert len(found.paths) == 5
+    summary = predict_files(tiny_teacher.eval(), _processor(), found.paths, tmp_path / "out", batch_size=2,
+                            device="cpu", max_overlays=None, overlay_processes=0, progress=False)
+    rows = {row["path"]: row for row in _read_csv(tmp_path / "out" / "predictions.csv")}
+    escaped = str(tmp_path / "images") + "/latin1_\\xe9\\xff.png"
+    assert set(rows) == {*good, escaped, strip, bomb}
+    assert rows[escaped]["error"] == "" and rows[escaped]["prob_normal"] == rows[good[0]]["prob_normal"]
+    assert "1x5000 px" in rows[strip]["error"] and "max_aspect_ratio=16" in rows[strip]["error"]
+    assert "decompression bomb" in rows[bomb]["error"]
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["num_predicted"] == summary["num_predicted"] == 3 and saved["num_failed"] == 2
+    assert sorted(f["path"] for f in saved["failures"]) == sorted([strip, bomb])
+    assert os.path.isfile(tmp_path / "out" / rows[escaped]["overlay"])  # a UTF-8 overlay name
+
+
+def test_a_run_where_no_file_reads_still_writes_its_rows_and_summary(tmp_path, tiny_teacher):
+    from data_trees import write_strip
+
+    paths = [str(write_strip(tmp_path / f"strip_{n}.png", 5000, 1)) for n in range(2)]
+    with pytest.raises(UnreadableImageError, match="none of the 2 images could be read"):
+        predict_files(tiny_teacher.eval(), _processor(), paths, tmp_path / "out", device="cpu", progress=False)
+    assert [row["path"] for row in _read_csv(tmp_path / "out" / "predictions.csv")] == paths
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["num_failed"] == 2
+
+
+def test_a_checkpoint_without_its_processor_config_is_refused_not_defaulted(tmp_path, tiny_teacher, capsys):
+    from modeling_amlpf.cli.run_data import RunDataError, load_processor
+
+    checkpoint = _save_checkpoint(tiny_teacher, tmp_path / "teacher")
+    os.remove(os.path.join(checkpoint, "preprocessor_config.json"))
+    images = _write_images(tmp_path / "images", sizes=SIZES[:1])
+    capsys.readouterr()  # the progress bars of the save
+    code = predict.main(["--model", checkpoint, images[0], "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "has no preprocessor_config.json" in error[0] and checkpoint in error[0]
+    with pytest.raises(RunDataError, match=r"preprocessor_config\.json not found: the checkpoint .* does not record"):
+        load_processor(checkpoint, str(STUDENT_TINY))  # the evaluated checkpoint's views, never a fallback's
+    assert load_processor(None, str(STUDENT_TINY)).crop_size == _processor().crop_size  # training: the preset's
+
+
+class _Payload:
+    """An object that a weights-only unpickler refuses."""
+
+
+def test_a_checkpoint_whose_weights_are_a_refused_pickle_is_one_line_exit_2(tmp_path, tiny_teacher, capsys):
+    checkpoint = _save_checkpoint(tiny_teacher, tmp_path / "teacher")
+    os.remove(os.path.join(checkpoint, "model.safetensors"))
+    torch.save({**tiny_teacher.state_dict(), "payload": _Payload()}, os.path.join(checkpoint, "pytorch_model.bin"))
+    images = _write_images(tmp_path / "images", sizes=SIZES[:1])
+    capsys.readouterr()  # the progress bars of the save
+    code = predict.main(["--model", checkpoint, images[0], "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1, error
+    assert f"the weights file {checkpoint}/pytorch_model.bin is a pickle that torch.load(weights_only" in error[0]
+    assert "_Payload" in error[0] and "weights_only` set to `False`" not in error[0]
+
+
+def test_refused_teacher_weights_end_the_training_script_with_one_line_and_exit_2(tmp_path):
+    from conftest import TEACHER_TINY
+    from data_trees import make_imagefolder_tree
+
+    tree = make_imagefolder_tree(tmp_path / "data", {"normal": 3, "tumor": 3}, write_groups_csv=False)
+    weights = tmp_path / "uni.bin"
+    torch.save({"pos_embed": torch.zeros(1), "payload": _Payload()}, weights)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", AMLPF_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "train_teacher.py", "--dataset", "imagefolder", "--data_dir", str(tree.data_dir),
+         "--teacher_config", str(TEACHER_TINY), "--teacher_weights", str(weights), "--output_dir",
+         str(tmp_path / "out"), "--use_cpu", "True"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and len(errors) == 1
+    assert errors[0].startswith("train_teacher.py: error: ") and f"{weights} is not a plain state dict" in errors[0]
+
+
+def test_saved_weights_have_the_permissions_of_the_other_files(tmp_path, tiny_teacher):
+    previous = os.umask(0o022)
+    try:
+        checkpoint = _save_checkpoint(tiny_teacher, tmp_path / "teacher")
+    finally:
+        os.umask(previous)
+    modes = {name: os.stat(os.path.join(checkpoint, name)).st_mode & 0o777 for name in os.listdir(checkpoint)}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
+
+
+def test_trust_remote_code_keeps_the_package_code_for_its_own_checkpoints(tmp_path, tiny_teacher):
+    """What docs/prediction.md says the flag does: a checkpoint of this package loads with the installed code."""
+    checkpoint = _save_checkpoint(tiny_teacher, tmp_path / "teacher")
+    model, processor = load_model_and_processor(checkpoint, trust_remote_code=True)
+    assert type(model).__module__ == "modeling_amlpf.models.modeling_amlpf"
+    assert type(processor).__module__ == "modeling_amlpf.models.image_processing_amlpf"
+
+
+def test_link_loops_among_the_inputs_are_named(tmp_path, caplog):
+    images = _write_images(tmp_path / "images", sizes=SIZES[:1])
+    os.symlink(".", tmp_path / "images" / "again")  # a folder loop inside an input folder: skipped, named
+    os.symlink("loop.png", tmp_path / "loop.png")  # a file loop named on the command line: refused, named
+    assert find_images([tmp_path / "images"]).paths == images
+    assert "again: a symbolic link loop" in caplog.text
+    with pytest.raises(ValueError, match=r"loop\.png: a symbolic link that leads to no file"):
+        find_images([tmp_path / "loop.png"])

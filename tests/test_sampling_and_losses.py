@@ -279,3 +279,22 @@ def test_kd_loss_errors_are_clear():
         distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="kd_loss must be one of"):
         distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), "l1")
+
+
+def test_a_class_without_training_draws_has_a_null_mean_probability_not_zero(tmp_path):
+    """mean_true_class_prob of a class no training image of the epoch belongs to is undefined: null in the JSON
+    history (0.0 would read as a class the model always gets wrong)."""
+    import json
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from modeling_amlpf.training.resampling import HISTORY_NAME, ClassBalancedResampling
+
+    callback = ClassBalancedResampling(["a", "b", "c"])
+    callback.sampler_for(Dataset.from_dict({"label": [0, 0, 1, 1, 1, 2]}), seed=0)
+    callback._gathered = torch.tensor([[0, 0.2], [0, 0.6], [1, 0.9]], dtype=torch.float64)  # no draw of "c"
+    args = SimpleNamespace(output_dir=str(tmp_path), should_save=True)
+    callback._end_epoch(args, SimpleNamespace(epoch=1.0, log_history=[], global_step=3), None)
+    written = json.loads((tmp_path / HISTORY_NAME).read_text())["epochs"][-1]["mean_true_class_prob"]
+    assert written["a"] == pytest.approx(0.4) and written["b"] == pytest.approx(0.9) and written["c"] is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataLayoutError
-from ..pretrained.weights import HubAccessError
+from ..pretrained.weights import HubAccessError, refused_pickle_message
 from ..utils import UserError
 
 TRACEBACK_ENV = "AMLPF_TRACEBACK"
@@ -33,8 +34,9 @@ REPLICA_GRACE_S = 5.0
 
 # Exceptions that mean "the input is wrong" rather than "the code is wrong": a missing or unexpected file or
 # folder, a dataset folder in the wrong layout (DataLayoutError, BadImageError), weights the Hub will not give
-# (gated, not found, offline: HubAccessError). Their messages name the file and the fix, so a traceback adds
-# nothing. Anything else (ValueError included) keeps its traceback: it may be a bug.
+# (gated, not found, offline: HubAccessError), a weights file that is not a plain state dict (WeightsFileError, a
+# UserError; `run_cli` also treats the UnpicklingError of a refused pickle so). Their messages name the file and
+# the fix, so a traceback adds nothing. Anything else (ValueError included) keeps its traceback: it may be a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     FileExistsError,
@@ -174,10 +176,12 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) 
     traceback = os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes")
     try:
         main(argv)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, pickle.UnpicklingError) as err:
         if traceback:
             raise
-        report_user_error(f"{prog}: error: {err}")
+        # A weights file that weights_only refuses (a checkpoint's pytorch_model.bin): the user's file, not a bug.
+        message = refused_pickle_message(err) if isinstance(err, pickle.UnpicklingError) else err
+        report_user_error(f"{prog}: error: {message}")
         return 2
     except Exception as err:  # OSError, torch's RuntimeError, safetensors' SafetensorError: a full disk?
         try:

@@ -15,6 +15,7 @@ from .launch import UserError
 logger = logging.get_logger(__name__)
 
 SPLIT_FILE = "split.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
 class RunDataError(UserError, ValueError):
@@ -65,12 +66,35 @@ def load_split(data_args: DataArguments, split_seed: int, *, training: bool = Tr
     return dd
 
 
-def load_processor(*sources: str | None):
-    """The processor saved with the first source (checkpoint or preset dir) that has one, else the paper's views."""
-    from ..models.image_processing_amlpf import AmlpfImageProcessor
+def load_processor(checkpoint: str | None, *fallbacks: str | None):
+    """The image processor of a run.
 
-    for source in sources:
-        if source and (Path(source) / "preprocessor_config.json").is_file():
+    ``checkpoint`` (a trained model to evaluate or fine-tune, ``--model_name_or_path``) must have its own: its
+    views (upsizing, crop size, normalisation) are part of the model, so a folder without
+    ``preprocessor_config.json`` is refused rather than evaluated with default views. Without a checkpoint: the
+    processor saved with the first of ``fallbacks`` (preset or base model dir) that has one, else the paper's
+    views."""
+    from ..models.image_processing_amlpf import AmlpfImageProcessor
+    from ..pretrained.weights import is_local_path
+
+    if checkpoint:
+        config = Path(checkpoint) / PREPROCESSOR_FILE
+        if is_local_path(checkpoint) and not config.is_file():
+            raise RunDataError(
+                f"{config} not found: the checkpoint {checkpoint} does not record the views it was trained with "
+                "(crop size, upsizing, normalisation), and default views would give wrong results. Copy "
+                f"{PREPROCESSOR_FILE} from the run that trained it (its output folder, beside config.json), or save "
+                "the processor it was trained with there (AmlpfImageProcessor(...).save_pretrained(DIR))"
+            )
+        try:
+            return AmlpfImageProcessor.from_pretrained(checkpoint)
+        except OSError as error:
+            raise RunDataError(
+                f"no image processor for the checkpoint {checkpoint} ({' '.join(str(error).split())}); its "
+                f"{PREPROCESSOR_FILE} is needed to evaluate it with the views it was trained with"
+            ) from None
+    for source in fallbacks:
+        if source and (Path(source) / PREPROCESSOR_FILE).is_file():
             return AmlpfImageProcessor.from_pretrained(source)
     return AmlpfImageProcessor()
 

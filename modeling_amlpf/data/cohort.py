@@ -84,6 +84,16 @@ def _read_map_file(path: Path) -> list[tuple[str, str]]:
     return list(data.items())
 
 
+def suggest_class_map(data_name: str, model_name: str) -> str:
+    """A ``--class_map`` the parser accepts for one pair: inline when neither name holds ``,`` or ``=`` (or
+    surrounding spaces, which inline parsing strips), else a YAML file whose entry quotes both names."""
+    names = (data_name, model_name)
+    if all(name and "," not in name and "=" not in name and name == name.strip() for name in names):
+        return f'--class_map "{data_name}={model_name}" (or a YAML/JSON file)'
+    entry = f"{json.dumps(data_name, ensure_ascii=False)}: {json.dumps(model_name, ensure_ascii=False)}"
+    return f"a YAML file holding the line {entry} (--class_map map.yaml): its name cannot be written inline"
+
+
 def map_class_names(
     data_classes: Sequence[str], model_classes: Sequence[str], class_map: Mapping[str, str], *, data_source: str,
     model_source: str,
@@ -110,8 +120,8 @@ def map_class_names(
     if lacking:
         problems.append(
             f"{data_source} has the class(es) {lacking}, which {model_source} lacks (its classes: {model_classes}); "
-            "the model cannot predict them. Map each onto a model class with --class_map "
-            f"\"{lacking[0]}={model_classes[0]}\" (or a YAML/JSON file), or leave their folders out"
+            "the model cannot predict them. Map each onto a model class with "
+            f"{suggest_class_map(lacking[0], model_classes[0])}, or leave their folders out"
         )
     if problems:
         raise ValueError("; ".join(problems) + ".")

@@ -13,11 +13,16 @@ instead of one file per run.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 
 from datasets import ClassLabel, Value
+
+from ..models.image_decoding import printable_path
+
+logger = logging.getLogger(__name__)
 
 # Formats a histology tile comes in that Pillow decodes; other suffixes (notes.txt, .csv, .xlsx, .svs) are
 # not tiles and are skipped with one warning. Compared case-insensitively.
@@ -111,17 +116,88 @@ def list_dir(path: str) -> tuple[list[str], list[str]]:
         for entry in entries:
             if is_os_metadata(entry.name):
                 continue
-            (folders if entry.is_dir() else files).append(entry.name)
+            try:
+                is_folder = entry.is_dir()
+            except OSError:  # a link loop (ELOOP): listed as a file, which the image scan names as unreadable
+                is_folder = False
+            (folders if is_folder else files).append(entry.name)
     return sorted(folders, key=nfc), sorted(files, key=nfc)
 
 
-def walk_files(top: str, prefix: str = "") -> Iterator[str]:
-    """Relative paths ("/"-joined, starting with `prefix`) of all files below `top`, in sorted order."""
+def walk_files(top: str, prefix: str = "", _ancestors: frozenset[str] = frozenset()) -> Iterator[str]:
+    """Relative paths ("/"-joined, starting with `prefix`) of all files below `top`, in sorted order.
+
+    Symbolic links to folders are followed, except a link back to one of its own parent folders (a loop: it
+    would repeat the same files forever), which is skipped with a warning naming it. The same file reached
+    through two links is listed twice: `drop_duplicate_files` resolves that once the labels are known."""
+    real = os.path.realpath(top)
+    ancestors = _ancestors | {real}
     folders, files = list_dir(top)
     for name in files:
         yield f"{prefix}{name}"
     for name in folders:
-        yield from walk_files(os.path.join(top, name), f"{prefix}{name}/")
+        folder = os.path.join(top, name)
+        if os.path.realpath(folder) in ancestors:
+            logger.warning(
+                "Skipping %s%s: a symbolic link loop (it points to %s, one of its own parent folders, so its "
+                "files are the ones already listed); remove the link.",
+                printable_path(prefix), printable_path(name), printable_path(os.path.realpath(folder)),
+            )
+            continue
+        yield from walk_files(folder, f"{prefix}{name}/", ancestors)
+
+
+def is_utf8_name(path: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (Python keeps them as surrogates): such a name cannot
+    be stored in a dataset column, a CSV or a split file."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def drop_duplicate_files(index: ImageIndex) -> ImageIndex:
+    """The index with each file once: the same file (same device and inode: a symbolic link, a linked folder, a
+    hard link) under two paths is kept once with a warning when both paths carry one label (at its path without
+    a symbolic link, else its first), and refused naming both paths when they carry different labels (it would
+    be trained and tested as both)."""
+    paths_of: dict[tuple[int, int], list[int]] = {}
+    for position in range(len(index)):
+        try:
+            stat = os.stat(index.absolute_path(position))
+        except OSError:  # missing or a broken link: the scan names it
+            continue
+        paths_of.setdefault((stat.st_dev, stat.st_ino), []).append(position)
+    dropped, same_label, conflicts = set(), [], []
+    for positions in paths_of.values():
+        if len(positions) == 1:
+            continue
+        unlinked = [p for p in positions if os.path.realpath(index.absolute_path(p)) == index.absolute_path(p)]
+        kept = (unlinked or positions)[0]
+        for position in positions:
+            if position == kept:
+                continue
+            pair = f"{printable_path(index.paths[position])} (same file as {printable_path(index.paths[kept])})"
+            if index.labels[position] == index.labels[kept]:
+                same_label.append(pair)
+                dropped.add(position)
+            else:
+                names = (index.class_names[index.labels[kept]], index.class_names[index.labels[position]])
+                conflicts.append(f"{pair}: classes {names[0]!r} and {names[1]!r}")
+    raise_if_problems(
+        {"the same file under two class labels": conflicts},
+        f"Some files in {index.root} are reached through two paths (a symbolic or hard link), under different labels.",
+        "Remove the link (or the copy) so that each image has one label.",
+    )
+    if not dropped:
+        return index
+    logger.warning(
+        "%d path(s) in %s reach a file already listed (a symbolic or hard link) with the same label; each file is "
+        "used once: %s",
+        len(same_label), index.root, shown(same_label),
+    )
+    return index.subset([position for position in range(len(index)) if position not in dropped])
 
 
 def split_image_files(paths: Iterable[str]) -> tuple[list[str], list[str]]:

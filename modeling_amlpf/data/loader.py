@@ -17,7 +17,18 @@ from collections.abc import Sequence
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Image, Value
 
 from . import demo
-from .index import BadImageError, DataLayoutError, ImageIndex, bullet_list, describe_spellings, nfc, shown
+from ..models.image_decoding import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS, printable_path
+from .index import (
+    BadImageError,
+    DataLayoutError,
+    ImageIndex,
+    bullet_list,
+    describe_spellings,
+    drop_duplicate_files,
+    is_utf8_name,
+    nfc,
+    shown,
+)
 from .layouts import LAYOUTS
 from .scan import ScanReport, scan_images
 from .split_files import (
@@ -149,7 +160,7 @@ def _read_index(name: str, folder: str, layout_options: dict) -> ImageIndex:
 
 
 def _scan(
-    index: ImageIndex, on_bad_image: str, min_image_side: int
+    index: ImageIndex, on_bad_image: str, min_image_side: int, limits: dict
 ) -> tuple[ImageIndex, list[str], list[str], ScanReport]:
     """Verify all images; raise on bad or missing ones or drop them (policy "skip").
 
@@ -162,10 +173,19 @@ def _scan(
             len(index.non_images),
             shown(index.non_images),
         )
-    result = scan_images(index.root, index.paths, min_side=min_image_side)
+    # A name that is not UTF-8 cannot be stored (dataset column, split.json): a bad image, shown escaped.
+    badly_named = [path for path in index.paths if not is_utf8_name(path)]
+    if badly_named:
+        index = index.subset([i for i, path in enumerate(index.paths) if is_utf8_name(path)])
+    result = scan_images(index.root, index.paths, min_side=min_image_side, **limits)
     report = result.report
+    report.bad_images[:0] = [
+        (printable_path(path), "the file name is not valid UTF-8 (its bytes are shown as \\x.. escapes); rename it")
+        for path in badly_named
+    ]
+    report.num_scanned += len(badly_named)
     report.missing_files = list(index.missing)
-    report.non_image_files = list(index.non_images)
+    report.non_image_files = [printable_path(path) for path in index.non_images]
     if (report.bad_images or report.missing_files) and on_bad_image == "error":
         sections, fixes = [], []
         if report.missing_files:
@@ -176,7 +196,7 @@ def _scan(
             fixes.append("restore the missing files from the download (or delete their rows from the label file)")
         if report.bad_images:
             sections.append(
-                f"{len(report.bad_images)} file(s) under {index.root} are not readable images:\n"
+                f"{len(report.bad_images)} file(s) under {index.root} are not usable images:\n"
                 f"{bullet_list(f'{path}: {reason}' for path, reason in report.bad_images)}"
             )
             fixes.append("remove or replace the unreadable ones")
@@ -373,6 +393,8 @@ def load_histo_dataset(
     split_seed: int = 1,
     on_bad_image: str = "error",
     min_image_side: int = DEFAULT_MIN_IMAGE_SIDE,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
     external_cohort: bool = False,
     **options,
 ) -> DatasetDict:
@@ -390,6 +412,10 @@ def load_histo_dataset(
             `scan_report(dataset)` (and in `split.json`).
         min_image_side: images with a side below this many pixels are named in a warning and in
             `scan_report(dataset).small_images` (still used); 0 turns the check off.
+        max_image_pixels, max_aspect_ratio: images with more pixels, or a long side more than this many times
+            the short one, are bad images (named, or left out with on_bad_image="skip"), found from the size
+            the file declares, without decoding it: their views would take gigabytes of memory. The defaults
+            are the image processor's (40 Mpx, 16:1), far beyond any histology tile; 0 turns a limit off.
         external_cohort: no split: every image goes to `test` (`train` and `validation` are empty), to
             evaluate a trained model on another cohort. Split options are refused with it.
         **options: per dataset (see the layout modules): chaoyang `protocol` ("resplit", the slide-disjoint
@@ -438,9 +464,17 @@ def load_histo_dataset(
 
     folder = _resolve_data_dir(name, data_dir)
     index = _read_index(name, folder, layout_options)
+    if len(index.class_names) < 2 and not external_cohort:
+        raise DataLayoutError(
+            f"{folder} holds {len(index.class_names)} class(es) ({', '.join(map(repr, index.class_names)) or 'none'}): "
+            "a classifier needs at least two (with one it would silently train as a regression). Add the other "
+            f"class folder(s) or the dataset options that select them. {EXTERNAL_COHORT_HINT}"
+        )
+    index = drop_duplicate_files(index)
     if saved is not None:
         _check_saved_class_names(saved, index, split_options["split_file"])
-    index, image_files, fingerprints, report = _scan(index, on_bad_image, min_image_side)
+    limits = {"max_pixels": max_image_pixels, "max_aspect_ratio": max_aspect_ratio}
+    index, image_files, fingerprints, report = _scan(index, on_bad_image, min_image_side, limits)
     skipped = [path for path, _ in [*report.bad_images, *report.missing_files]]
     parts, source = _make_parts(index, folder, split_seed, split_options, saved, skipped)
     edited = split_file_changes(saved) if saved is not None else {}

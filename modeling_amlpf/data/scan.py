@@ -8,7 +8,9 @@ teacher can be checked against the images it was trained on. Results are cached 
 `$AMLPF_CACHE/scan/<root hash>.json` (default `~/.cache/amlpf/scan/`), keyed by relative path and checked
 against (size, mtime): a second load of the same tree decodes nothing. Images whose modes Pillow cannot
 convert to RGB faithfully (16-bit, float, real transparency) get an 8-bit RGB copy in `$AMLPF_CACHE/rgb8/`
-that the dataset reads instead.
+that the dataset reads instead. Images beyond the size limits of the views (`check_image_size`: more than
+`max_image_pixels`, or more elongated than `max_aspect_ratio`) are bad images, found from the size the file
+declares without decoding it; that answer is not cached, as it depends on the limits.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, ImageFile, ImageOps
 
-from ..models.image_decoding import needs_rgb8_copy, to_rgb
+from ..models.image_decoding import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageSizeError,
+    check_image_size,
+    needs_rgb8_copy,
+    to_rgb,
+)
 from .index import join_relative
 
 logger = logging.getLogger(__name__)
@@ -31,6 +40,7 @@ logger = logging.getLogger(__name__)
 CACHE_DIR_ENV = "AMLPF_CACHE"
 CACHE_VERSION = 2
 OK, BAD, RGB8 = "ok", "bad", "rgb8"
+TOO_LARGE = "too_large"  # a bad image by the size limits: reported as BAD, never cached
 FINGERPRINT_BYTES = 64 * 1024
 
 
@@ -67,6 +77,7 @@ class ScanReport:
         non_image_files: files in image folders whose suffix is not an image format; never read.
         small_images: (relative path, "<width>x<height>") of images with a side below `min_image_side`.
         min_image_side: the threshold used for `small_images`, in pixels.
+        max_image_pixels, max_aspect_ratio: the size limits beyond which images were bad images (0: none).
     """
 
     bad_images: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -78,6 +89,8 @@ class ScanReport:
     non_image_files: list[str] = dataclasses.field(default_factory=list)
     small_images: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     min_image_side: int = 0
+    max_image_pixels: int = 0
+    max_aspect_ratio: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,15 +110,25 @@ def rgb8_copy_path(copy_dir: str, absolute_path: str, size: int, mtime_ns: int) 
     return os.path.join(copy_dir, f"{digest}.png")
 
 
-def check_image(path: str, rgb8_path: str) -> tuple[str, str, str, int, int]:
+def check_image(
+    path: str,
+    rgb8_path: str,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+) -> tuple[str, str, str, int, int]:
     """Decode one file: (status, detail, fingerprint, width, height) with status OK (detail: mode), RGB8 after
-    writing its 8-bit copy, or BAD (detail: the reason; width and height 0)."""
+    writing its 8-bit copy, BAD (detail: the reason; width and height 0), or TOO_LARGE (beyond the size limits,
+    from the declared size: nothing decoded)."""
     try:
         if os.path.getsize(path) == 0:
             return BAD, "empty file (0 bytes)", "", 0, 0
         fingerprint = content_fingerprint(path)
         with Image.open(path) as image:
             width, height = image.size  # before draft(), which shrinks the decoded size
+            try:
+                check_image_size(width, height, max_pixels, max_aspect_ratio, name="the image")
+            except ImageSizeError as error:
+                return TOO_LARGE, str(error), fingerprint, width, height
             if image.format == "JPEG":
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
             image.load()
@@ -182,10 +205,18 @@ def _known_outcome(cached: list | None, key: list, copy_dir: str, absolute: str)
     return (outcome, copy) if os.path.isfile(copy) else None
 
 
-def scan_images(root: str, relative_paths: list[str], workers: int | None = None, min_side: int = 0) -> ScanResult:
+def scan_images(
+    root: str,
+    relative_paths: list[str],
+    workers: int | None = None,
+    min_side: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+) -> ScanResult:
     """Check every image under `root`; `image_files[i]` is what the dataset should open for path i.
 
-    Images with a side below `min_side` pixels are listed in `report.small_images` (they are still used).
+    Images with a side below `min_side` pixels are listed in `report.small_images` (they are still used);
+    images beyond `max_pixels` or `max_aspect_ratio` (see `check_image_size`) are bad images.
     """
     root = os.path.abspath(root)
     cache_path = _cache_file(root)
@@ -214,13 +245,23 @@ def scan_images(root: str, relative_paths: list[str], workers: int | None = None
         if ImageFile.LOAD_TRUNCATED_IMAGES:
             logger.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images decode and pass the scan.")
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            outcomes = list(pool.map(lambda item: check_image(item[1], item[2]), todo))
+            outcomes = list(
+                pool.map(lambda item: check_image(item[1], item[2], max_pixels, max_aspect_ratio), todo)
+            )
         for (position, absolute, copy, key), outcome in zip(todo, outcomes):
             status[position], details[position], fingerprints[position], *size = outcome
             sizes[position] = tuple(size)
             image_files[position] = copy if outcome[0] == RGB8 else absolute
-            cache[relative_paths[position]] = key + list(outcome)
+            if outcome[0] != TOO_LARGE:
+                cache[relative_paths[position]] = key + list(outcome)
         _write_cache(cache_path, root, cache)
+    for position, (width, height) in enumerate(sizes):
+        if status[position] in (OK, RGB8):  # a cached answer, given under other limits
+            try:
+                check_image_size(width, height, max_pixels, max_aspect_ratio, name="the image")
+            except ImageSizeError as error:
+                status[position], details[position] = TOO_LARGE, str(error)
+    status = [BAD if value == TOO_LARGE else value for value in status]
     report = ScanReport(
         bad_images=[(relative_paths[i], details[i]) for i, s in enumerate(status) if s == BAD],
         rgb8_copies=[relative_paths[i] for i, s in enumerate(status) if s == RGB8],
@@ -232,5 +273,7 @@ def scan_images(root: str, relative_paths: list[str], workers: int | None = None
             if status[i] != BAD and min(width, height) < min_side
         ],
         min_image_side=min_side,
+        max_image_pixels=int(max_pixels or 0),
+        max_aspect_ratio=float(max_aspect_ratio or 0),
     )
     return ScanResult(status, details, image_files, fingerprints, sizes, report)

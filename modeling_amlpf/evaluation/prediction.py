@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -31,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.index import IMAGE_SUFFIXES, is_os_metadata, join_relative, split_image_files, walk_files
-from ..models.image_decoding import to_rgb
+from ..models.image_decoding import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS, printable_path, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +162,12 @@ def find_images(
                 skipped.append(item)
             else:
                 add(item)
+        elif os.path.islink(item):
+            raise PredictionInputError(
+                f"{printable_path(item)}: a symbolic link that leads to no file (broken, or a loop of links)."
+            )
         else:
-            raise PredictionInputError(f"{item}: no such file or folder.")
+            raise PredictionInputError(f"{printable_path(item)}: no such file or folder.")
     if csv_file is not None:
         paths.extend(read_csv_paths(csv_file, path_column))
     if split_file is not None:
@@ -227,7 +232,13 @@ class ImageFileDataset(Dataset):
         item = {"index": index, "pixel_values": None, "size": None, "preview": None, "error": ""}
         try:
             # Decoded once, here: the processor takes the RGB image as is, and its size places the overlay boxes.
-            rgb = to_rgb(self.paths[index], convert=getattr(self.processor, "do_convert_rgb", True))
+            # Refused by size (the processor's limits) from the file's header, before its pixels are decoded.
+            rgb = to_rgb(
+                self.paths[index],
+                convert=getattr(self.processor, "do_convert_rgb", True),
+                max_pixels=getattr(self.processor, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+                max_aspect_ratio=getattr(self.processor, "max_aspect_ratio", DEFAULT_MAX_ASPECT_RATIO),
+            )
             item["pixel_values"] = self.processor(rgb, return_tensors="pt")["pixel_values"][0]
         except Exception as error:  # any decoding or view failure belongs to this file alone
             item["error"] = describe_error(error)
@@ -281,13 +292,15 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 def load_model_and_processor(name_or_path: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """The model and its processor from a checkpoint folder or a Hub id, in eval mode on the CPU.
 
-    Checkpoints of this package load through the registered Auto classes; `trust_remote_code=True` loads the
-    code saved in the checkpoint (for checkpoints whose classes are not registered in this process)."""
+    Checkpoints of this package load through the registered Auto classes, also with `trust_remote_code=True`
+    (transformers prefers a registered class); the flag only lets transformers run the code saved in a
+    checkpoint whose model type is not registered in this process. A local checkpoint needs its
+    `preprocessor_config.json` (its views), and refused pickles are named: both `PredictionInputError`."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from ..pretrained.weights import hub_access_error
+    from ..pretrained.weights import hub_access_error, refused_pickle_message
 
     local = os.path.isdir(name_or_path)
     if not local:
@@ -301,9 +314,17 @@ def load_model_and_processor(name_or_path: str, *, trust_remote_code: bool = Fal
             raise PredictionInputError(
                 f"--model {name_or_path}: no such folder, and not a Hub id (org/name)."
             ) from error
+    if local and not os.path.isfile(os.path.join(name_or_path, "preprocessor_config.json")):
+        raise PredictionInputError(
+            f"--model {name_or_path} has no preprocessor_config.json: the views it was trained with (crop size, "
+            "upsizing, normalisation) are unknown, and default views would give wrong predictions. Copy it from the "
+            "run that trained the model (its output folder, beside config.json)."
+        )
     try:
         model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError as error:
+        raise PredictionInputError(f"--model {name_or_path}: {refused_pickle_message(error)}") from None
     except (OSError, ValueError) as error:
         explained = None if local else hub_access_error(
             error, name_or_path, local_hint=f"download it (hf download {name_or_path} --local-dir DIR) and pass DIR"
@@ -506,7 +527,8 @@ class _OverlayWriter:
 def overlay_name(index: int, path: str, total: int) -> str:
     """`<index>_<file stem>.png`: unique even when two folders hold files of the same name."""
     digits = max(5, len(str(total)))
-    return f"{index:0{digits}d}_{Path(path).stem}.png"
+    stem = printable_path(Path(path).stem).replace("\\", "")  # undecodable bytes as `xe9`: a UTF-8 name
+    return f"{index:0{digits}d}_{stem}.png"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -541,7 +563,9 @@ def predict_files(
     autocast, see `autocast_dtype`). `max_overlays`: overlays for the first N inputs (None: all, 0: none), drawn
     by `overlay_processes` processes (0: one background thread; None: `default_overlay_processes`).
     An unreadable file gets a row with an empty prediction and the reason in `error`, and the run goes on;
-    `strict=True` raises `UnreadableImageError` instead. Returns the summary (also written as JSON).
+    `strict=True` raises `UnreadableImageError` instead (so does a run where no file could be read, after
+    writing the CSV and the summary). Paths whose bytes are not UTF-8 are written with `\\x..` escapes.
+    Returns the summary (also written as JSON).
     """
     from tqdm.auto import tqdm
 
@@ -578,9 +602,8 @@ def predict_files(
     start = time.perf_counter()
     finished = False
     try:
-        with open(output_dir / "predictions.csv", "w", newline="", encoding="utf-8") as handle, tqdm(
-            total=len(paths), unit="img", desc="predict", disable=not progress
-        ) as bar:
+        csv_file = open(output_dir / "predictions.csv", "w", newline="", encoding="utf-8", errors="backslashreplace")
+        with csv_file as handle, tqdm(total=len(paths), unit="img", desc="predict", disable=not progress) as bar:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             for batch in loader:
@@ -597,15 +620,15 @@ def predict_files(
                 for item in batch["items"]:
                     path = paths[item["index"]]
                     row = dict.fromkeys(columns, "")
-                    row["path"] = path
+                    row["path"] = printable_path(path)  # a name that is not UTF-8 is shown escaped, never fatal
                     if item["error"]:
                         if strict:
                             raise UnreadableImageError(
-                                f"cannot read {path}: {item['error']} (without --strict unreadable files are "
+                                f"cannot read {row['path']}: {item['error']} (without --strict unreadable files are "
                                 "reported in predictions.csv and the run goes on)"
                             )
                         row["error"] = item["error"]
-                        failures.append({"path": path, "error": item["error"]})
+                        failures.append({"path": row["path"], "error": item["error"]})
                         writer.writerow(row)
                         continue
                     p = probs[row_in_batch]
@@ -633,7 +656,7 @@ def predict_files(
                             overlay_dir / name,
                             image=item["preview"], size=item["size"], boxes=crop_boxes(processor, height, width),
                             class_names=class_names, probabilities=p, view_probabilities=views,
-                            level_probabilities=levels, level_names=level_names, title=path,
+                            level_probabilities=levels, level_names=level_names, title=row["path"],
                         )
                     writer.writerow(row)
                 bar.update(len(batch["items"]))
@@ -644,11 +667,6 @@ def predict_files(
     total_seconds = time.perf_counter() - start
 
     predicted = len(paths) - len(failures)
-    if predicted == 0:
-        raise UnreadableImageError(
-            f"none of the {len(paths)} images could be read (first: {failures[0]['path']}: {failures[0]['error']}); "
-            f"see {output_dir / 'predictions.csv'}"
-        )
     summary = {
         "model": model_name,
         "model_class": f"{type(model).__module__}.{type(model).__name__}",
@@ -664,7 +682,7 @@ def predict_files(
         "num_failed": len(failures),
         "counts": counts,
         "failures": failures,
-        "skipped_files": {"count": len(skipped), "examples": list(skipped)[:SAMPLE_LIMIT]},
+        "skipped_files": {"count": len(skipped), "examples": list(map(printable_path, list(skipped)[:SAMPLE_LIMIT]))},
         "overlays": overlays.written,
         "overlay_processes": overlay_processes,
         "seconds": round(seconds, 3),
@@ -673,6 +691,11 @@ def predict_files(
         "outputs": {"predictions": "predictions.csv", "overlays": "overlays/" if overlay_count else None},
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if predicted == 0:
+        raise UnreadableImageError(
+            f"none of the {len(paths)} images could be read (first: {failures[0]['path']}: {failures[0]['error']}); "
+            f"see {output_dir / 'predictions.csv'} and summary.json"
+        )
     return summary
 
 

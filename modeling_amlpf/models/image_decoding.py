@@ -23,6 +23,9 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 
 _WHITE = (255, 255, 255, 255)
+# Size limits of an image (see `check_image_size`); the processor saves its own in preprocessor_config.json.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_ASPECT_RATIO = 16.0
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 HIGH_BIT_DEPTH_MODES = _SIXTEEN_BIT_MODES | {"I", "F"}
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -157,16 +160,72 @@ def _array_to_pil(values: np.ndarray, channels_first: bool, convert: bool = True
     return _pil_to_rgb(Image.fromarray(values))
 
 
-def open_image(source: str | os.PathLike | bytes) -> Image.Image:
+class ImageSizeError(ValueError):
+    """An image is larger or more elongated than any histology tile: decoding and upsizing it would take gigabytes."""
+
+
+def check_image_size(
+    width: int,
+    height: int,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    name: str = "an image",
+) -> None:
+    """Raise `ImageSizeError` when `width` x `height` exceeds a limit (None or 0 turns a limit off).
+
+    Both limits bound the memory of the views: a large image is decoded whole, and an elongated one is upsized
+    until its short side reaches `min_short_side` (a 1x5000 image would become 512x2,560,000, 19 GB of pixels).
+    Known tiles are far inside them: BreaKHis 700x460 (ratio 1.5), LungHist700 1600x1200 (1.9 Mpx), Chaoyang
+    512x512, BACH 2048x1536 (3.1 Mpx). A whole-slide image or a strip of pixels is not a tile.
+    """
+    problems = []
+    if max_pixels and width * height > max_pixels:
+        problems.append(f"{width * height:,} pixels exceed max_image_pixels={max_pixels:,}")
+    if max_aspect_ratio and max(width, height) > max_aspect_ratio * max(1, min(width, height)):
+        ratio = max(width, height) / max(1, min(width, height))
+        problems.append(f"its aspect ratio {ratio:.4g}:1 exceeds max_aspect_ratio={max_aspect_ratio:g}")
+    if problems:
+        raise ImageSizeError(
+            f"{name} is {width}x{height} px (width x height): {' and '.join(problems)}, beyond any histology "
+            "tile; its views would need gigabytes of memory. Cut it into tiles, or raise the limit (the image "
+            "processor's max_image_pixels / max_aspect_ratio in preprocessor_config.json; 0 turns it off)."
+        )
+
+
+def _describe_source(source: str | os.PathLike | bytes) -> str:
+    """A file name for messages that never fails: undecodable bytes of a name are shown escaped (`\\xe9`)."""
+    if isinstance(source, (bytes, bytearray)):
+        return "<bytes>"
+    return f"'{printable_path(source)}'"
+
+
+def printable_path(path: str | os.PathLike | bytes) -> str:
+    """`path` as text that any UTF-8 file or terminal takes: bytes of a name that are not UTF-8 (Python holds
+    them as surrogates) are written as `\\xe9` escapes, so the name stays recognisable and unambiguous."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def open_image(
+    source: str | os.PathLike | bytes,
+    max_pixels: int | None = None,
+    max_aspect_ratio: float | None = None,
+) -> Image.Image:
     """Open an image file (path) or encoded bytes as `datasets.Image` does: load, then apply EXIF orientation.
 
     The mode is left as stored (convert with `to_rgb`). An EXIF Orientation tag (a phone or scanner writing
     the pixels sideways) is applied exactly when `datasets.Image.decode_example` applies it, so a file is
     seen the same way in training (through `datasets`) and through `processor(path)` / `pipeline(...)`.
+    `max_pixels`, `max_aspect_ratio`: checked on the size the file declares, before any pixel is decoded
+    (`check_image_size`); Pillow's own decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies too.
     """
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else repr(os.fspath(source))
+    name = _describe_source(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as image:
+            check_image_size(*image.size, max_pixels, max_aspect_ratio, name=name)
             image.load()  # all pixels in memory, so the file can close (multi-frame files too)
             if image.getexif().get(ExifTags.Base.Orientation) is not None:
                 return ImageOps.exif_transpose(image)
@@ -175,6 +234,8 @@ def open_image(source: str | os.PathLike | bytes) -> Image.Image:
         raise FileNotFoundError(f"Image file not found: {name}.") from error
     except Image.UnidentifiedImageError as error:
         raise ValueError(f"{name} is not an image file Pillow can decode.") from error
+    except Image.DecompressionBombError as error:
+        raise ImageSizeError(f"{name}: {error}") from error
 
 
 def _check_rgb8(image: Image.Image) -> Image.Image:
@@ -187,7 +248,26 @@ def _check_rgb8(image: Image.Image) -> Image.Image:
     return image
 
 
-def to_rgb(image: Any, *, convert: bool = True) -> Image.Image:
+def _declared_size(image: Any) -> tuple[int, int] | None:
+    """(width, height) of an already decoded image, None for anything else."""
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, torch.Tensor) and image.ndim in (2, 3):
+        channels_first = image.ndim == 3 and image.shape[0] <= 4
+        return (image.shape[-1], image.shape[-2]) if channels_first else (image.shape[1], image.shape[0])
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        channels_first = image.ndim == 3 and image.shape[-1] > 4 and image.shape[0] <= 4
+        return (image.shape[2], image.shape[1]) if channels_first else (image.shape[1], image.shape[0])
+    return None
+
+
+def to_rgb(
+    image: Any,
+    *,
+    convert: bool = True,
+    max_pixels: int | None = None,
+    max_aspect_ratio: float | None = None,
+) -> Image.Image:
     """Decode one image to an 8-bit RGB PIL image.
 
     `image`: a PIL image, an HW/HWC numpy array, a CHW torch tensor, a file path, encoded bytes, or a
@@ -195,6 +275,7 @@ def to_rgb(image: Any, *, convert: bool = True) -> Image.Image:
     `open_image` (EXIF orientation applied). Transparent pixels are composited onto white; 16-bit data is
     scaled to 8 bits rather than clipped. `convert=False` (the processor's `do_convert_rgb=False`) converts
     no colour mode: inputs that are not already 3-channel RGB raise instead (bit depths are still mapped).
+    `max_pixels`, `max_aspect_ratio` (None: no limit) raise `ImageSizeError` before any decoding or conversion.
     """
     if isinstance(image, dict) and ("path" in image or "bytes" in image):
         source = image.get("bytes") or image.get("path")
@@ -202,7 +283,11 @@ def to_rgb(image: Any, *, convert: bool = True) -> Image.Image:
             raise ValueError(f"An image dict needs a 'path' or 'bytes' value, got {sorted(image)} both empty.")
         image = source
     if isinstance(image, (str, os.PathLike, bytes, bytearray)):
-        image = open_image(image)
+        image = open_image(image, max_pixels, max_aspect_ratio)
+    elif max_pixels or max_aspect_ratio:
+        size = _declared_size(image)
+        if size is not None:
+            check_image_size(*size, max_pixels, max_aspect_ratio, name=f"a {type(image).__name__} image")
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image) if convert else _check_rgb8(image)
     if isinstance(image, torch.Tensor):

@@ -27,7 +27,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import TensorType, logging
 
-from .image_decoding import to_rgb
+from .image_decoding import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS, check_image_size, to_rgb
 
 logger = logging.get_logger(__name__)
 
@@ -68,6 +68,8 @@ class AmlpfImageProcessorKwargs(TypedDict, total=False):
     do_normalize: bool
     image_mean: list[float]
     image_std: list[float]
+    max_image_pixels: int
+    max_aspect_ratio: float
 
 
 PARAMETER_NAMES = tuple(AmlpfImageProcessorKwargs.__annotations__)
@@ -165,6 +167,11 @@ class AmlpfImageProcessor(BaseImageProcessor):
         do_rescale, rescale_factor: multiply the 8-bit pixel values by `rescale_factor` (1/255).
         do_normalize, image_mean, image_std: per-channel normalisation (ImageNet by default, as the reference
             uses for both the UNI teacher and the CLIP student).
+        max_image_pixels, max_aspect_ratio: images with more pixels, or a long side more than this many times
+            the short side, raise a ValueError naming the size and the limit, checked on the size a file declares
+            before any pixel is decoded or upsized (0 turns a limit off). They bound the memory per image: the
+            views of a 1x5000 strip would need 19 GB. No histology tile comes near them (BreaKHis 700x460,
+            LungHist700 1600x1200, Chaoyang 512x512); configurations saved without them get these defaults.
 
     Every parameter can also be given per call (`processor(images, num_crops=0, image_mean=...)`).
     """
@@ -188,6 +195,8 @@ class AmlpfImageProcessor(BaseImageProcessor):
         do_normalize: bool = True,
         image_mean: Sequence[float] | float = IMAGENET_DEFAULT_MEAN,
         image_std: Sequence[float] | float = IMAGENET_DEFAULT_STD,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -205,6 +214,8 @@ class AmlpfImageProcessor(BaseImageProcessor):
         self.do_normalize = bool(do_normalize)
         self.image_mean = _channel_values(image_mean, "image_mean")
         self.image_std = _channel_values(image_std, "image_std")
+        self.max_image_pixels = int(max_image_pixels or 0)
+        self.max_aspect_ratio = float(max_aspect_ratio or 0)
         self._validate_parameters()
 
     def _validate_parameters(self) -> None:
@@ -222,7 +233,27 @@ class AmlpfImageProcessor(BaseImageProcessor):
             raise ValueError(f"image_std must be positive, got {self.image_std}.")
         if not self.rescale_factor > 0:
             raise ValueError(f"rescale_factor must be positive, got {self.rescale_factor}.")
+        if self.max_image_pixels < 0 or not self.max_aspect_ratio >= 0:
+            raise ValueError(
+                f"max_image_pixels and max_aspect_ratio must be >= 0 (0: no limit), got {self.max_image_pixels} "
+                f"and {self.max_aspect_ratio}."
+            )
+        if 0 < self.max_aspect_ratio < 1:
+            raise ValueError(f"max_aspect_ratio is long side / short side (>= 1; 0: none): {self.max_aspect_ratio}.")
 
+    def check_image_size(self, height: int, width: int, name: str = "an image") -> None:
+        """Raise a ValueError (`ImageSizeError`) naming the size and the limit when an image of this size is beyond
+        `max_image_pixels` or `max_aspect_ratio`: for callers that know a size before decoding (a file's header)."""
+        check_image_size(width, height, self.max_image_pixels, self.max_aspect_ratio, name=name)
+
+    def decode(self, image: Any) -> Image.Image:
+        """Any accepted input as 8-bit RGB, refused by size before it is decoded (files) or converted."""
+        return to_rgb(
+            image,
+            convert=self.do_convert_rgb,
+            max_pixels=self.max_image_pixels,
+            max_aspect_ratio=self.max_aspect_ratio,
+        )
     @property
     def num_views(self) -> int:
         """Views per image: the crops plus the global view."""
@@ -308,7 +339,7 @@ class AmlpfImageProcessor(BaseImageProcessor):
 
     def resize_short_side(self, image: Any) -> Image.Image:
         """The upsized RGB image (`resample`'s kernel); images with no side below `min_short_side` as they are."""
-        return Image.fromarray(self._upsized_pixels(to_rgb(image, convert=self.do_convert_rgb)).numpy())
+        return Image.fromarray(self._upsized_pixels(self.decode(image)).numpy())
 
     def crop_grid(self, height: int, width: int) -> tuple[int, int, int]:
         """(stride, rows, columns) of the grid of crop top-left positions on a (resized) image of this size."""
@@ -391,7 +422,7 @@ class AmlpfImageProcessor(BaseImageProcessor):
         self, image: Any, training: bool, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
         """One image -> (crops uint8 (num_crops, S, S, 3), global view float (3, S, S), geometry rows)."""
-        pixels = self._upsized_pixels(to_rgb(image, convert=self.do_convert_rgb))
+        pixels = self._upsized_pixels(self.decode(image))
         height, width = pixels.shape[:2]
         positions, flip = self._draw_views(height, width, training, generator)
         size = self.crop_size

@@ -14,6 +14,8 @@ the checkpoint, so ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` wo
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -302,7 +304,24 @@ class AmlpfPreTrainedModel(PreTrainedModel):
             for auto_class in ("AutoModel", "AutoModelForImageClassification"):
                 auto_map.setdefault(auto_class, full_name)
             self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        _weights_follow_umask(save_directory)
+        return result
+
+
+def _weights_follow_umask(save_directory) -> None:
+    """Give the weights the permissions of the config.json written beside them (the umask's: 0644 under 022).
+
+    safetensors >= 0.8 writes through a temporary file created with mode 0600 and renames it into place
+    (safetensors/safetensors#782), so a model saved for a team or a container would be readable by its owner
+    only, unlike every other file of the checkpoint."""
+    config = os.path.join(save_directory, "config.json")
+    if not os.path.isfile(config):
+        return
+    mode = os.stat(config).st_mode & 0o777
+    for path in glob.glob(os.path.join(glob.escape(os.fspath(save_directory)), "*.safetensors")):
+        if os.stat(path).st_mode & 0o777 != mode:
+            os.chmod(path, mode)
 
 
 class AmlpfMLPHead(nn.Sequential):

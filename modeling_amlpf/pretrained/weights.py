@@ -178,6 +178,33 @@ def _looks_like_torch_file(path: Path) -> bool:
         return handle.read(1) == b"\x80"
 
 
+class WeightsFileError(UserError, ValueError):
+    """A weights file that is not a plain state dict (a pickle that ``weights_only=True`` refuses, a corrupt or
+    foreign file): the message names the file and how to re-save it; the scripts print it and exit with 2."""
+
+
+def refused_pickle_message(error: BaseException) -> str:
+    """One line for a ``pickle.UnpicklingError`` that ``torch.load(weights_only=True)`` raised inside a loader
+    (``from_pretrained`` of a checkpoint with a ``pytorch_model.bin``): the file, found among the loader's
+    arguments in the traceback, and what the unpickler refused; never the advice to unpickle it anyway."""
+    files = []
+    traceback = error.__traceback__
+    while traceback is not None:
+        for value in traceback.tb_frame.f_locals.values():
+            if isinstance(value, (str, os.PathLike)) and str(value).endswith(WEIGHT_SUFFIXES):
+                files += [os.fspath(value)] if os.path.isfile(value) else []
+        traceback = traceback.tb_next
+    lines = [line.strip() for line in str(error).splitlines()]
+    reason = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("WeightsUnpickler error:")), "")
+    reason = reason.split(" Please use `torch.serialization")[0] or (lines[0] if lines else type(error).__name__)
+    where = f"the weights file {files[-1]}" if files else "a weights file"
+    return (
+        f"{where} is a pickle that torch.load(weights_only=True) refuses ({reason}): it holds more than tensors, "
+        "and arbitrary pickles are never unpickled here. Re-save the model from a trusted copy with "
+        "save_pretrained (model.safetensors) or torch.save(model.state_dict(), path)."
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file safely with timm's reader: ``.safetensors``, or a ``torch.save``d state dict loaded with
     ``weights_only=True`` (timm unwraps ``state_dict``/``model`` and strips ``module.``); then only tensors may be
@@ -190,7 +217,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix != ".safetensors" and not _looks_like_torch_file(path):
-        raise ValueError(
+        raise WeightsFileError(
             f"{path} is not a PyTorch weights file (neither a torch.save archive nor a pickle): pass the "
             "checkpoint's weights file (.bin/.pth/.pt from torch.save, or .safetensors)"
         )
@@ -201,13 +228,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # weights-only refusal, corrupt archive or safetensors header
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         reason = reason.split(" No automatic unsafe pickle fallback")[0]  # timm's advice to unpickle: not here
-        raise ValueError(
+        raise WeightsFileError(
             f"{path} is not a plain state dict: it could not be read with torch.load(weights_only=True) / safetensors "
             f"({reason}). The file must hold only tensors (a dict of name -> tensor, optionally under 'state_dict' "
             "or 'model'); re-save it with torch.save(model.state_dict(), path) or as .safetensors. Arbitrary pickles "
             "are never unpickled here."
-        ) from err
-    return _unwrap_state_dict(obj, str(path))
+        ) from None  # the message says it all: one line, no chained traceback
+    try:
+        return _unwrap_state_dict(obj, str(path))
+    except ValueError as err:
+        raise WeightsFileError(str(err)) from None
 
 
 def load_matching_state_dict(module: torch.nn.Module, state_dict: dict, *, origin: str, expected: str,

@@ -446,13 +446,16 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
         weights = class_difficulty_weights(probs, labels, num_classes, self.gamma, self.sampler.class_weights)
         self.sampler.set_class_weights(weights)
         mass = self.sampler.class_shares()  # the shares actually drawn from, the floor included
-        mean_prob = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, probs)
-        mean_prob /= torch.bincount(labels, minlength=num_classes).clamp(min=1)
+        seen = torch.bincount(labels, minlength=num_classes)
+        mean_prob = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, probs) / seen.clamp(min=1)
+        # A class with no training image this epoch has no mean: null in the JSON history, not a 0.0 that reads
+        # as "always wrong".
+        mean_prob = [float(value) if count else None for value, count in zip(mean_prob.tolist(), seen.tolist())]
         entry = {
             "epoch": int(round(state.epoch or 0)),
             "next_epoch_class_weights": dict(zip(self.class_names, map(float, weights))),
             "next_epoch_class_share": dict(zip(self.class_names, map(float, mass))),
-            "mean_true_class_prob": dict(zip(self.class_names, map(float, mean_prob))),
+            "mean_true_class_prob": dict(zip(self.class_names, mean_prob)),
             "records": int(len(labels)),
         }
         fusion = _fusion_weights(model)
