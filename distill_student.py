@@ -83,7 +83,8 @@ logger = logging.getLogger("distill_student")
 DEFAULT_STUDENT = "checkpoints/clip-rn50"
 STUDENT_ENV = "AMLPF_STUDENT_MODEL"
 # the training views' sample_index and view_geometry reach DistillationTrainer.compute_loss (the teacher cache)
-STUDENT_DEFAULTS = {"remove_unused_columns": False}
+# the reference's student loader drops the last incomplete batch (the l2 distillation term depends on the batch size)
+STUDENT_DEFAULTS = {"remove_unused_columns": False, "dataloader_drop_last": True}
 BUNDLED_PROMPTS = {
     ("chaoyang", None): "chaoyang",
     ("breakhis", None): "breakhis",
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
                 hub_model_id=args.hub_model_id,
                 synthetic=data_args.dataset == "demo",
                 figures=list(figures),
+                selection_metric=args.metric_for_best_model if args.load_best_model_at_end else None,
             )
 
         def loadable_extras(folder: Path) -> None:  # beside the weights of every saved or pushed folder
@@ -376,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
                     mode=model_args.resampling,
                     gamma=model_args.resample_gamma,
                     min_class_share=model_args.min_class_share,
+                    first_epoch_sampling=model_args.first_epoch_sampling,
                 )
             )
         else:

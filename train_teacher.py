@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
                 hub_model_id=args.hub_model_id,
                 synthetic=data_args.dataset == "demo",
                 figures=list(figures),
+                selection_metric=args.metric_for_best_model if args.load_best_model_at_end else None,
             )
 
         def loadable_extras(folder: Path) -> None:  # beside the weights of every saved or pushed folder
