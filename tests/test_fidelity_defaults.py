@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
+from conftest import STUDENT_TINY
 from torch.utils.data import BatchSampler, Dataset, WeightedRandomSampler
 from transformers import TrainingArguments, default_data_collator
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -273,22 +274,31 @@ def test_min_class_share_zero_stops_when_a_class_got_no_draw(tmp_path, share):
     assert first["next_epoch_class_weights"]["rare"] == 1.0 and first["next_epoch_class_share"]["rare"] > 0
 
 
-def test_the_stop_reaches_the_script_user_as_one_message_and_exit_code_2(tmp_path, capsys):
-    """The callback's UserError leaves Trainer.train() unchanged, so run_cli turns it into exit code 2."""
+def test_the_student_script_stops_with_one_message_and_exit_code_2(tmp_path, capsys):
+    """The real script (tiny student, no teacher) on a training split of 12 + 1 images whose seed never draws the
+    one "rare" image in epoch 1: the callback's error leaves Trainer.train() and run_cli makes it exit code 2."""
+    from data_trees import make_imagefolder_tree
+
     from modeling_amlpf.cli.launch import run_cli
 
-    def main(argv):
-        labels = [0] * 20 + [1]
-        AmlpfTrainer(
-            model=MeanPixelClassifier(2),
-            args=training_args(tmp_path, seed=_starving_seed(labels, 20), per_device_train_batch_size=7),
-            train_dataset=LabelledRows(labels), data_collator=default_data_collator,
-            callbacks=[ClassBalancedResampling(["common", "rare"], min_class_share=0.0)],
-        ).train()
-
-    assert run_cli(main, []) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "error: --min_class_share 0" in err[0] and "'rare'" in err[0]
+    tree = make_imagefolder_tree(tmp_path / "cohort", {"common": 14, "rare": 2}, write_groups_csv=False)
+    rows = sorted(tree.data_dir.glob("*/*.png"))
+    common, rare = [r for r in rows if r.parent.name == "common"], [r for r in rows if r.parent.name == "rare"]
+    (tmp_path / "train.txt").write_text("".join(f"{r} 0\n" for r in common[:12]) + f"{rare[0]} 1\n")
+    (tmp_path / "test.txt").write_text(f"{common[12]} 0\n{common[13]} 0\n{rare[1]} 1\n")
+    seed = _starving_seed([0] * 12 + [1], row=12)
+    argv = ["--dataset", "imagefolder", "--data_dir", str(tree.data_dir), "--config", "none",
+            "--train_split_file", str(tmp_path / "train.txt"), "--test_split_file", str(tmp_path / "test.txt"),
+            "--student_model", str(STUDENT_TINY), "--kd_weight", "0", "--min_class_share", "0", "--seed", str(seed),
+            "--per_device_train_batch_size", "4", "--num_train_epochs", "2", "--eval_strategy", "no",
+            "--save_strategy", "no", "--load_best_model_at_end", "False", "--do_eval", "False", "--do_predict",
+            "False", "--output_dir", str(tmp_path / "student"), "--use_cpu", "True", "--disable_tqdm", "True"]
+    capsys.readouterr()
+    assert run_cli(distill_student.main, argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if " error: " in line]
+    assert len(err) == 1 and "error: --min_class_share 0" in err[0]
+    assert "class(es) 'rare' got no training draw in epoch 1" in err[0]
+    assert not (tmp_path / "student" / "model.safetensors").exists()
 
 
 # ------------------------------------------------------------------------------------ the docs say the same
