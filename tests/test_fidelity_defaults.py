@@ -16,6 +16,7 @@ import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
 from conftest import STUDENT_TINY
+from data_trees import make_imagefolder_tree
 from torch.utils.data import BatchSampler, Dataset, WeightedRandomSampler
 from transformers import TrainingArguments, default_data_collator
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -23,6 +24,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 import distill_student
 import train_teacher
 from modeling_amlpf.cli.arguments import StudentArguments, TeacherArguments, parse_script_args
+from modeling_amlpf.cli.launch import run_cli
 from modeling_amlpf.evaluation.model_card import ModelCardFacts, render_model_card
 from modeling_amlpf.training.resampling import (
     DEFAULT_MIN_CLASS_SHARE,
@@ -277,10 +279,6 @@ def test_min_class_share_zero_stops_when_a_class_got_no_draw(tmp_path, share):
 def test_the_student_script_stops_with_one_message_and_exit_code_2(tmp_path, capsys):
     """The real script (tiny student, no teacher) on a training split of 12 + 1 images whose seed never draws the
     one "rare" image in epoch 1: the callback's error leaves Trainer.train() and run_cli makes it exit code 2."""
-    from data_trees import make_imagefolder_tree
-
-    from modeling_amlpf.cli.launch import run_cli
-
     tree = make_imagefolder_tree(tmp_path / "cohort", {"common": 14, "rare": 2}, write_groups_csv=False)
     rows = sorted(tree.data_dir.glob("*/*.png"))
     common, rare = [r for r in rows if r.parent.name == "common"], [r for r in rows if r.parent.name == "rare"]
