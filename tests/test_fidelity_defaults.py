@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from accelerate.data_loader import BatchSamplerShard
 from conftest import STUDENT_TINY
 from data_trees import make_imagefolder_tree
 from torch.utils.data import BatchSampler, Dataset, WeightedRandomSampler
-from transformers import TrainingArguments, default_data_collator
+from transformers import TrainerControl, TrainerState, TrainingArguments, default_data_collator
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 import distill_student
@@ -274,6 +275,24 @@ def test_min_class_share_zero_stops_when_a_class_got_no_draw(tmp_path, share):
     trainer.train()  # with the floor nothing stops: the class keeps its weight and is drawn in epoch 2
     first = callback.history[0]
     assert first["next_epoch_class_weights"]["rare"] == 1.0 and first["next_epoch_class_share"]["rare"] > 0
+
+
+def test_a_checkpoint_of_a_min_class_share_zero_run_resumes_with_the_fix(tmp_path):
+    """The Trainer restores the callback from the checkpoint's arguments (min_class_share 0); the sampler it draws
+    with is this run's (--min_class_share 0.1), and that one decides: no stop, the previous weight is kept."""
+    labels = [0] * 20 + [1]
+    saved = ClassBalancedResampling(["common", "rare"], min_class_share=0.0).state()
+    restored = ClassBalancedResampling(**saved["args"])  # what Trainer._load_callback_state builds
+    sampler = ClassBalancedSampler(labels, 2, seed=0, min_class_share=DEFAULT_MIN_CLASS_SHARE)
+    state = TrainerState(epoch=1.0, stateful_callbacks={"ClassBalancedResampling": saved})
+    args = training_args(tmp_path)
+    restored.on_train_begin(args, state, TrainerControl(), model=MeanPixelClassifier(2),
+                            train_dataloader=SimpleNamespace(sampler=sampler))
+    assert restored.min_class_share == DEFAULT_MIN_CLASS_SHARE and restored.state()["args"]["min_class_share"] == 0.1
+    restored.record(torch.zeros(20, 2), torch.zeros(20, dtype=torch.long))  # epoch 2: no draw of "rare"
+    restored.on_epoch_end(args, TrainerState(epoch=2.0), TrainerControl())
+    assert sampler.class_weights[1] == 1.0 and sampler.class_shares()[1] > 0
+    restored.unwatch()
 
 
 def test_the_student_script_stops_with_one_message_and_exit_code_2(tmp_path, capsys):
