@@ -186,6 +186,25 @@ def test_two_processes_deal_the_global_stream_and_drop_the_same_last_batch():
         assert shards[0][step] + shards[1][step] == stream[step * 18 : (step + 1) * 18]
 
 
+def test_evaluation_and_prediction_keep_every_image_with_drop_last(tmp_path):
+    """The Trainer applies dataloader_drop_last to every loader; only training may drop (10 rows, batch 4)."""
+    rows = LabelledRows([i % 3 for i in range(10)])
+    trainer = AmlpfTrainer(
+        model=MeanPixelClassifier(3), train_dataset=rows, eval_dataset=rows, data_collator=default_data_collator,
+        args=training_args(tmp_path, dataloader_drop_last=True, per_device_train_batch_size=4,
+                           per_device_eval_batch_size=4),
+    )
+    assert len(trainer.get_train_dataloader()) == 2
+    assert len(trainer.get_eval_dataloader()) == len(trainer.get_test_dataloader(rows)) == 3
+    assert trainer.args.dataloader_drop_last is True
+    prediction = trainer.predict(rows)
+    assert prediction.predictions.shape == (10, 3) and prediction.label_ids.tolist() == rows.labels
+    with torch.no_grad():  # the validation loss over all 10 rows, not the 8 of the two full batches
+        expected = torch.nn.functional.cross_entropy(trainer.model(rows.pixels).logits, torch.tensor(rows.labels))
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert trainer.args.dataloader_drop_last is True
+
+
 def test_a_training_set_smaller_than_one_batch_is_refused_with_drop_last(tmp_path):
     rows = LabelledRows([0, 1, 2, 0, 1])
     with pytest.raises(UserError, match=r"5 images, fewer than one batch of 8.*--dataloader_drop_last False"):

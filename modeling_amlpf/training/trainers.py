@@ -11,8 +11,11 @@
 * ``decay_all_parameters=True``: weight decay on every trainable parameter, biases and norms included, as the
   reference's ``AdamW(model.parameters(), weight_decay=...)``, through the public ``get_decay_parameter_names``
   (the Trainer's default leaves biases and LayerNorm weights undecayed);
-* with ``dataloader_drop_last`` (the student script's default), a training set smaller than one step's batch is
-  refused at construction (every batch would be dropped and nothing trained).
+* ``dataloader_drop_last`` (the student script's default, as the reference's student loader) applies to the
+  training loader only: the Trainer would also drop the last incomplete batch of evaluation and prediction, so
+  that test metrics missed up to a batch of images. ``get_eval_dataloader``/``get_test_dataloader`` (the
+  Trainer's documented overrides) build those loaders with the flag off. A training set smaller than one step's
+  batch is refused at construction (every batch would be dropped and nothing trained).
 
 ``DistillationTrainer`` adds the distillation loss, as in the transformers guide on knowledge distillation
 for computer vision: ``loss = CE + kd_weight * distillation_loss(student, teacher)``, with ``ce_loss`` and
@@ -26,6 +29,7 @@ other geometry is refused, other normalisation is mapped onto the teacher's on t
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -63,6 +67,17 @@ def training_collator(features: list[dict]) -> dict:
     return batch
 
 
+@contextmanager
+def _every_batch(args):
+    """``args.dataloader_drop_last`` off while an evaluation or prediction loader is built."""
+    drop_last = args.dataloader_drop_last
+    args.dataloader_drop_last = False
+    try:
+        yield
+    finally:
+        args.dataloader_drop_last = drop_last
+
+
 class AmlpfTrainer(Trainer):
     """``Trainer`` with the epoch-step learning-rate schedule and the class-balanced sampler (module docstring).
 
@@ -98,6 +113,14 @@ class AmlpfTrainer(Trainer):
                 "dataloader_drop_last every batch is incomplete and dropped. Pass a smaller "
                 "--global_train_batch_size (or --per_device_train_batch_size) or --dataloader_drop_last False"
             )
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with _every_batch(self.args):  # model selection sees every validation image
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with _every_batch(self.args):  # test metrics and predictions cover every image
+            return super().get_test_dataloader(test_dataset)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         if self.decay_all_parameters:
