@@ -314,7 +314,6 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
         class_names: the classes in label order (names of the logged weights).
         mode: ``"difficulty"`` (reference code) or ``"difficulty_inverse_frequency"`` (paper text).
         gamma: the focusing exponent (2 in the paper).
-
         min_class_share: each class's least share of an epoch is ``min_class_share / K``; 0: the reference's
             formula, and training stops when a class got no draw in an epoch (its weight would be undefined).
         first_epoch_sampling: ``"replacement"`` (N uniform draws with replacement, the reference) or
