@@ -66,8 +66,9 @@ logger = logging.getLogger("distill_student")
 
 DEFAULT_STUDENT = "checkpoints/clip-rn50"
 STUDENT_ENV = "AMLPF_STUDENT_MODEL"
-# the training views' sample_index and view_geometry reach DistillationTrainer.compute_loss (the teacher cache)
-STUDENT_DEFAULTS = {"remove_unused_columns": False}
+# the training views' sample_index and view_geometry reach DistillationTrainer.compute_loss (the teacher cache);
+# the reference's student loader drops the last incomplete batch (the l2 distillation term depends on the batch size)
+STUDENT_DEFAULTS = {"remove_unused_columns": False, "dataloader_drop_last": True}
 
 
 def derived_defaults(ns) -> dict:
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
         if model_args.resampling != "none":
             callbacks.append(ClassBalancedResampling(class_names, mode=model_args.resampling,
                                                      gamma=model_args.resample_gamma,
-                                                     min_class_share=model_args.min_class_share))
+                                                     min_class_share=model_args.min_class_share,
+                                                     first_epoch_sampling=model_args.first_epoch_sampling))
         else:
             callbacks.append(FusionWeightLogging())
         callbacks += training_callbacks(run, model, processor)

@@ -3,8 +3,9 @@
 `bench_train.py` writes into its JSON (`measure(quick)`), also runnable alone.
 
 * `view_forward_fraction`: teacher view forwards with the cache / without it over the paper's schedule
-  (100 epochs), counted without any model: every epoch draws the real `ClassBalancedSampler`'s indices (a
-  permutation in epoch 1, then class weights of a difficulty profile) through `DrawIndexedSampler`, and every
+  (100 epochs), counted without any model: every epoch draws the real `ClassBalancedSampler`'s indices (N uniform
+  draws with replacement in epoch 1, then class weights of a difficulty profile; without resampling a permutation
+  every epoch, as the Trainer's own sampler) through `DrawIndexedSampler`, and every
   draw makes the real processor's training views from the generator the training views use
   (`training_views.view_seed(seed, epoch, index, draw)` -> `processor.crop_positions`); distinct (index, top,
   left, flipped) keys are what the teacher computes. `repeats_share_views`: the same stream when a row's
@@ -93,12 +94,14 @@ def simulate_fractions(
     processor, height: int, width: int, labels: list[int], class_weights: list[float] | None, epochs: int, seed: int
 ) -> dict:
     """Distinct teacher keys / teacher view forwards over `epochs`, drawing as a training run does: the real
-    sampler (a permutation in epoch 1, then `class_weights` when given) wrapped in `DrawIndexedSampler`.
+    sampler wrapped in `DrawIndexedSampler`: with `class_weights`, uniform draws with replacement in epoch 1 and
+    the weights from epoch 2; without, a permutation every epoch (a run without resampling).
 
     `per_draw`: each repeated draw of a row in an epoch gets its own views (with the wrapper);
     `repeats_share_views`: the same stream, a row's repeated draws in an epoch sharing its first draw's views
     (the train part without the wrapper)."""
-    sampler = ClassBalancedSampler(labels, max(labels) + 1, mode="difficulty", seed=seed)
+    first = "replacement" if class_weights is not None else "permutation"
+    sampler = ClassBalancedSampler(labels, max(labels) + 1, mode="difficulty", seed=seed, first_epoch_sampling=first)
     stream = DrawIndexedSampler(sampler)
     per_draw: set[int] = set()
     shared: set[int] = set()
@@ -126,10 +129,10 @@ def reference_fraction(
 ) -> float:
     """Closed form for the reference's draws. A row drawn D times has 2 n crop keys, each hit per draw with
     q = (1 - (1 - 1/n)^8) / 2, and 2 global keys hit with 1/2: E[distinct] = 2n (1 - E[(1-q)^D]) +
-    2 (1 - E[(1/2)^D]). Epoch 1 draws each row once; epochs 2.. draw N rows with replacement, row i with
-    probability pi_i, so D - 1 ~ Binomial(N (E - 1), pi_i) and E[x^D] = x (1 - pi_i (1 - x))^(N (E - 1));
-    without class weights every epoch is a permutation (D = E). Returns sum of E[distinct] / sum of E[views]
-    over rows."""
+    2 (1 - E[(1/2)^D]). Epoch 1 draws N rows uniformly with replacement, epochs 2.. draw N rows with replacement,
+    row i with probability pi_i, so D ~ Binomial(N, 1/N) + Binomial(N (E - 1), pi_i) and
+    E[x^D] = (1 - (1 - x) / N)^N (1 - pi_i (1 - x))^(N (E - 1)); without class weights every epoch is a
+    permutation (D = E). Returns sum of E[distinct] / sum of E[views] over rows."""
     q = (1.0 - (1.0 - 1.0 / positions) ** crops) / 2
     if class_weights is None:  # a permutation every epoch: D = epochs for every row
         distinct = 2 * positions * (1.0 - (1.0 - q) ** epochs) + 2 * (1.0 - 0.5**epochs)
@@ -140,7 +143,7 @@ def reference_fraction(
     later = labels_t.size * (epochs - 1)
 
     def power_mean(x: float) -> np.ndarray:  # E[x ** D]
-        return x * (1.0 - pi * (1.0 - x)) ** later
+        return (1.0 - (1.0 - x) / labels_t.size) ** labels_t.size * (1.0 - pi * (1.0 - x)) ** later
 
     distinct = 2 * positions * (1.0 - power_mean(1.0 - q)) + 2 * (1.0 - power_mean(0.5))
     views = (crops + 1) * (1.0 + later * pi)

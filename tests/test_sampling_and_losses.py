@@ -61,12 +61,15 @@ def test_inverse_frequency_mode_class_mass_follows_weights_only():
     assert float(sample_w[0]) == pytest.approx(0.1 / 60) and float(sample_w[-1]) == pytest.approx(0.9 / 10)
 
 
-def test_epoch_one_is_a_uniform_permutation_and_length_is_constant():
+def test_epoch_one_is_uniform_with_replacement_and_length_is_constant():
     labels = [0] * 70 + [1] * 20 + [2] * 10
     sampler = ClassBalancedSampler(labels, 3, seed=5)
     sampler.set_epoch(0)
     first = list(sampler)
-    assert sorted(first) == list(range(100)) and len(sampler) == 100
+    assert len(first) == len(sampler) == 100 and len(set(first)) < 100  # some rows twice, as the reference
+    assert first == list(sampler)  # seeded: the same stream on every rank
+    permuted = ClassBalancedSampler(labels, 3, seed=5, first_epoch_sampling="permutation")
+    assert sorted(permuted) == list(range(100)) and len(permuted) == 100
     sampler.set_class_weights(torch.tensor([0.01, 0.5, 1.0]))
     sampler.set_epoch(1)
     second = list(sampler)

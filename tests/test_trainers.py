@@ -18,6 +18,7 @@ from modeling_amlpf.training.resampling import (
     DEFAULT_MIN_CLASS_SHARE,
     HISTORY_NAME,
     ClassBalancedResampling,
+    ClassBalancedSampler,
     class_difficulty_weights,
 )
 from modeling_amlpf.training.trainers import AmlpfTrainer, DistillationTrainer
@@ -105,8 +106,9 @@ def test_epoch_end_weights_follow_the_formula_on_recorded_probabilities(tmp_path
     trainer.train()
     epochs = json.loads((tmp_path / HISTORY_NAME).read_text())["epochs"]
     assert len(epochs) == 2
-    # epoch 1: uniform permutation, every sample once
-    assert sorted(i for batch in trainer.batches[0] for i in batch) == list(range(len(LABELS)))
+    # epoch 1: N uniform draws with replacement (the sampler's seeded stream)
+    first_epoch = ClassBalancedSampler(LABELS, 4, seed=trainer.args.seed)  # epoch 0, no weights yet
+    assert [i for batch in trainer.batches[0] for i in batch] == list(first_epoch)
     # the weights set after epoch 1 equal the formula applied to the probabilities recorded in epoch 1
     first = trainer.prob_log[: len(LABELS)]
     probs, labels = torch.tensor([p for _, _, p in first]), torch.tensor([y for _, y, _ in first])
@@ -131,7 +133,8 @@ def test_resume_from_a_mid_run_checkpoint_restores_the_sampler(tmp_path):
     checkpoint = tmp_path / "full" / f"checkpoint-{2 * steps_per_epoch}"
     saved = resampling_state(checkpoint)
     assert saved["args"] == {
-        "class_names": CLASS_NAMES, "mode": "difficulty", "gamma": 2.0, "min_class_share": DEFAULT_MIN_CLASS_SHARE
+        "class_names": CLASS_NAMES, "mode": "difficulty", "gamma": 2.0, "min_class_share": DEFAULT_MIN_CLASS_SHARE,
+        "first_epoch_sampling": "replacement",
     }
     state = saved["attributes"]
     assert state["sampler_state"]["class_weights"] is not None and len(state["history"]) == 2

@@ -32,7 +32,12 @@ from ..data.loader import BAD_IMAGE_POLICIES
 from ..models.configuration_amlpf import FUSION_MODES
 from ..pretrained.prompts import parse_levels
 from ..training.losses import KD_LOSSES
-from ..training.resampling import DEFAULT_MIN_CLASS_SHARE, RESAMPLING_MODES
+from ..training.resampling import (
+    DEFAULT_FIRST_EPOCH_SAMPLING,
+    DEFAULT_MIN_CLASS_SHARE,
+    FIRST_EPOCH_SAMPLINGS,
+    RESAMPLING_MODES,
+)
 from ..utils import CONFIG_DIR
 from .launch import (
     available_cpus,
@@ -61,6 +66,7 @@ Protocol = Literal[chaoyang.PROTOCOLS]
 BadImagePolicy = Literal[BAD_IMAGE_POLICIES]
 Fusion = Literal[FUSION_MODES]
 Resampling = Literal[RESAMPLING_MODES]
+FirstEpochSampling = Literal[FIRST_EPOCH_SAMPLINGS]
 KdLoss = Literal[KD_LOSSES]
 TeacherDtype = Literal[tuple(TEACHER_DTYPES)]
 
@@ -216,7 +222,15 @@ class StudentArguments:
         default=DEFAULT_MIN_CLASS_SHARE,
         metadata={
             "help": "Each class keeps at least min_class_share / K of an epoch's draws (K classes), so a class is "
-            "never starved; 0 restores the reference formula exactly."
+            "never starved; 0 restores the reference formula exactly, and training stops when a class gets no "
+            "draw in an epoch (where the reference's sampler fails)."
+        },
+    )
+    first_epoch_sampling: FirstEpochSampling = field(
+        default=DEFAULT_FIRST_EPOCH_SAMPLING,
+        metadata={
+            "help": "Resampling's first epoch, before any class weights: replacement (N uniform draws with "
+            "replacement, as the reference: about 63% of the rows, some twice) or permutation (every row once)."
         },
     )
     kd_loss: KdLoss = field(
@@ -308,11 +322,12 @@ PROTOCOL_DEFAULTS = {
     "logging_strategy": "epoch",
     "load_best_model_at_end": True,
     "metric_for_best_model": "macro_f1",
-    "greater_is_better": True,
+    # greater_is_better is left to TrainingArguments: True for a score, False for a metric ending in "loss"
     "save_total_limit": 2,
     "report_to": "none",
     "logging_nan_inf_filter": False,  # the filter costs a host sync every step
     "restore_callback_states_from_checkpoint": True,  # the resampling state (weights, history) on resume
+    "max_grad_norm": 0.0,  # the reference does not clip (TrainingArguments' own default clips at 1.0)
 }
 
 
@@ -430,6 +445,7 @@ CHOICE_TYPES = {
     "on_bad_image": _choice(BAD_IMAGE_POLICIES),
     "fusion": _choice(FUSION_MODES),
     "resampling": _choice(RESAMPLING_MODES),
+    "first_epoch_sampling": _choice(FIRST_EPOCH_SAMPLINGS),
     "kd_loss": _choice(KD_LOSSES),
     "teacher_dtype": _choice(
         tuple(TEACHER_DTYPES),
@@ -555,6 +571,13 @@ def parse_script_args(
         namespace.per_device_train_batch_size = training_args.per_device_train_batch_size
         sources["per_device_train_batch_size"] = "auto"
     _note_kd_scaling(model_args, training_args, notes)
+    if training_args.do_train:
+        notes.append(model_selection_note(training_args))
+        if training_args.max_grad_norm and training_args.max_grad_norm > 0:
+            notes.append(
+                f"Gradient clipping is on: max_grad_norm {training_args.max_grad_norm} "
+                f"[{sources.get('max_grad_norm', 'default')}]; the reference does not clip (--max_grad_norm 0)"
+            )
     if is_main_process():
         logger.info(recipe_note)
         for note in notes:
@@ -967,6 +990,18 @@ def _note_kd_scaling(model_args, training_args: TrainingArguments, notes: list[s
             f"{model_args.kd_weight * math.sqrt(micro_batches):.3g} restores the reference's single-batch balance, "
             "--kd_loss l2_per_sample does not depend on the split"
         )
+
+
+def model_selection_note(training_args: TrainingArguments) -> str:
+    """The line that names what picks the kept checkpoint (logged when training starts)."""
+    if not training_args.load_best_model_at_end:
+        return "Model selection: none (load_best_model_at_end False): the last epoch's weights are kept"
+    metric = training_args.metric_for_best_model or "loss"
+    best = "highest" if training_args.greater_is_better else "lowest"
+    return (
+        f"Model selection: the checkpoint with the {best} validation {metric} (metric_for_best_model); the "
+        "reference kept its best test-accuracy epoch, see docs/differences.md"
+    )
 
 
 def _effective_arguments(namespace: argparse.Namespace, baseline: dict, sources: _Sources) -> str:

@@ -151,6 +151,7 @@ def card_facts(run: SplitRun, test_metrics=None, figures=()) -> ModelCardFacts:
         hub_model_id=run.args.hub_model_id,
         synthetic=run.data_args.dataset == "demo",
         figures=list(figures),
+        selection_metric=run.args.metric_for_best_model if run.args.load_best_model_at_end else None,
     )
 
 

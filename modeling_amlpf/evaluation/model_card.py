@@ -61,7 +61,9 @@ class ModelCardFacts:
     re-split by slide", "official Chaoyang train/test split"); ``group_disjoint`` must be True only when no
     patient/slide occurs in two parts. ``test_metrics`` holds un-prefixed keys (``accuracy``,
     ``recall_<class>``, ...). ``figures``: PNG file names beside the card. ``license``: a Hub license id; None
-    means the terms of the pretrained weights apply (``license: other``).
+    means the terms of the pretrained weights apply (``license: other``). ``selection_metric``: the validation
+    metric whose best epoch was kept (``metric_for_best_model`` with ``load_best_model_at_end``); None: no
+    selection, the last epoch's weights.
     """
 
     kind: str
@@ -80,6 +82,7 @@ class ModelCardFacts:
     synthetic: bool = False
     figures: list[str] = field(default_factory=list)
     license: str | None = None
+    selection_metric: str | None = None
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -243,8 +246,17 @@ def _split_line(facts: ModelCardFacts) -> str:
             f"- Split: {source}{seed}{counts}. Not group-disjoint: images of one patient or slide may occur in "
             "more than one part, so the test metrics may be optimistic."
         )
-    return text + (
-        " The exact split is in `split.json` beside the weights; model selection on validation, metrics on test."
+    return text + " The exact split is in `split.json` beside the weights; metrics on test."
+
+
+def _selection_line(facts: ModelCardFacts) -> str:
+    """Which checkpoint was kept: the paper's reference chose its best test-accuracy epoch, this one never test."""
+    if not facts.selection_metric:
+        return "- Model selection: none; the weights of the last training epoch."
+    name = facts.selection_metric.removeprefix("eval_")
+    return (
+        f"- Model selection: the epoch with the best validation {METRIC_TITLES.get(name, name)} "
+        f"(`metric_for_best_model: {facts.selection_metric}`); the test split was not used to choose it."
     )
 
 
@@ -318,6 +330,7 @@ def model_card(facts: ModelCardFacts, model=None) -> ModelCard:
         + (f", options `{_shown_options(facts.dataset_options)}`" if facts.dataset_options else ""),
         f"- Classes ({len(class_names)}, in label order): " + ", ".join(f"`{c}`" for c in class_names),
         _split_line(facts),
+        _selection_line(facts),
         "",
     ]
     if facts.test_metrics:

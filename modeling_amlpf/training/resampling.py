@@ -2,10 +2,11 @@
 
 For class c, ``w_c = mean_{i in c} (1 - p_i) ** gamma`` where p_i is the softmax probability of the true
 class of training draw i in the previous epoch (gamma = 2). Each sample gets its class's weight and an epoch
-draws N samples with replacement (``torch.utils.data.WeightedRandomSampler``); the first epoch is a plain random
-permutation.
+draws N samples with replacement (``torch.utils.data.WeightedRandomSampler``). The first epoch, before any
+weights exist, draws N samples uniformly with replacement, as the reference (about 63 % distinct rows);
+``first_epoch_sampling="permutation"`` draws a permutation instead (every row once).
 
-Two modes (METHOD.md): ``difficulty`` (the reference code: a class's expected share of an epoch is
+Two modes: ``difficulty`` (the reference code: a class's expected share of an epoch is
 ``n_c w_c / sum_k n_k w_k``) and ``difficulty_inverse_frequency`` (the paper's text, imbalance and
 performance together: the share is ``w_c / sum_k w_k``, independent of class size).
 
@@ -18,7 +19,10 @@ equal share). Shares above the floor keep the formula's proportions; only shares
 others scaled down to pay for it ("clip and renormalise"). A class under the floor is then drawn in every
 epoch (about ``N * min_class_share / K`` times), its records measure its current difficulty, and once it becomes
 hard its next epoch's share follows the formula again. ``min_class_share=0`` is the reference's formula
-exactly. A class with no records in an epoch (possible only by chance) keeps its previous weight.
+exactly, up to where the reference fails: a class that got no draw in an epoch has a weight averaged over zero
+draws (NaN in the reference, whose ``WeightedRandomSampler`` then raises at the next epoch); training stops there
+with a ``UserError`` naming the class and the fix (a positive ``min_class_share``). With a positive floor a class
+with no records in an epoch (possible only by chance) keeps its previous weight.
 
 Under several processes the sampler yields the same global index stream on every rank (its own generator,
 seeded with ``seed + epoch``) and is sharded once, by accelerate's ``BatchSamplerShard``.
@@ -54,11 +58,14 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
-from ..utils import json_safe
+from ..utils import UserError, json_safe
 
 RESAMPLING_MODES = ("none", "difficulty", "difficulty_inverse_frequency")
 # Each class's share of an epoch is at least DEFAULT_MIN_CLASS_SHARE / K (K classes with training samples).
 DEFAULT_MIN_CLASS_SHARE = 0.1
+# Epoch 1 (no weights yet): N uniform draws with replacement (the reference) or a permutation (every row once).
+FIRST_EPOCH_SAMPLINGS = ("replacement", "permutation")
+DEFAULT_FIRST_EPOCH_SAMPLING = "replacement"
 
 
 def class_difficulty_weights(
@@ -139,12 +146,15 @@ def expected_class_mass(
 
 
 class ClassBalancedSampler(Sampler[int]):
-    """Weighted draw with replacement per epoch (uniform permutation before any weights are set).
+    """Weighted draw with replacement per epoch; before any weights are set, uniform draws with replacement
+    (``first_epoch_sampling="replacement"``, the reference) or a permutation (``"permutation"``).
 
-    ``len`` is constant (``num_samples``, default the dataset size). ``set_epoch`` is called by the Trainer
-    (through accelerate) each epoch; ``set_class_weights`` at each epoch end. Each class's share of an epoch is
-    ``expected_class_mass(..., min_class_share)``: the mode's formula with the share floor (module docstring).
-    The state (weights, epoch) goes into checkpoints via ``state_dict``/``load_state_dict``.
+    Every epoch's stream comes from one generator seeded with ``seed + epoch`` (the same on every rank); draws
+    with replacement are ``WeightedRandomSampler(sample_weights(), num_samples, replacement=True)``, in epoch 1
+    with uniform sample weights. ``len`` is constant (``num_samples``, default the dataset size). ``set_epoch``
+    is called by the Trainer (through accelerate) each epoch; ``set_class_weights`` at each epoch end. Each
+    class's share of an epoch is ``expected_class_mass(..., min_class_share)``: the mode's formula with the share
+    floor (module docstring). The state (weights, epoch) goes into checkpoints via ``state_dict``/``load_state_dict``.
     """
 
     def __init__(
@@ -155,9 +165,11 @@ class ClassBalancedSampler(Sampler[int]):
         seed: int = 0,
         num_samples: int | None = None,
         min_class_share: float = DEFAULT_MIN_CLASS_SHARE,
+        first_epoch_sampling: str = DEFAULT_FIRST_EPOCH_SAMPLING,
     ):
         if mode not in RESAMPLING_MODES[1:]:
             raise ValueError(f"resampling mode must be one of {RESAMPLING_MODES[1:]}, got {mode!r}")
+        _check_first_epoch_sampling(first_epoch_sampling)
         if not 0.0 <= float(min_class_share) <= 1.0:
             raise ValueError(f"min_class_share must lie in [0, 1] (0: the reference formula), got {min_class_share}")
         self.labels = torch.as_tensor(labels, dtype=torch.long)
@@ -173,6 +185,7 @@ class ClassBalancedSampler(Sampler[int]):
         self.seed = int(seed)
         self.num_samples = int(num_samples or len(self.labels))
         self.min_class_share = float(min_class_share)
+        self.first_epoch_sampling = first_epoch_sampling
         self.class_counts = torch.bincount(self.labels, minlength=num_classes)
         self.epoch = 0
         self.class_weights: torch.Tensor | None = None
@@ -213,7 +226,7 @@ class ClassBalancedSampler(Sampler[int]):
 
     def __iter__(self):
         generator = self._generator()
-        if self.class_weights is None:
+        if self.class_weights is None and self.first_epoch_sampling == "permutation":
             order = torch.randperm(len(self.labels), generator=generator)
             if self.num_samples != len(self.labels):
                 reps = -(-self.num_samples // len(self.labels))
@@ -232,14 +245,28 @@ class ClassBalancedSampler(Sampler[int]):
             "mode": self.mode,
             "num_samples": self.num_samples,
             "min_class_share": self.min_class_share,
+            "first_epoch_sampling": self.first_epoch_sampling,
             "class_weights": None if self.class_weights is None else self.class_weights.tolist(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("mode", self.mode) != self.mode:
             raise ValueError(f"checkpoint sampler used mode {state['mode']!r}, this run uses {self.mode!r}")
+        # a checkpoint inside epoch 1 resumes that epoch's stream only with the same first-epoch draw (a state
+        # without the key was written when epoch 1 was always a permutation)
+        saved_first = state.get("first_epoch_sampling", "permutation")
+        if state.get("class_weights") is None and saved_first != self.first_epoch_sampling:
+            raise UserError(
+                f"the checkpoint was written in epoch 1, drawn with --first_epoch_sampling {saved_first}; this run "
+                f"uses {self.first_epoch_sampling}: resume with --first_epoch_sampling {saved_first}"
+            )
         self.epoch = int(state.get("epoch", self.epoch))
         self.set_class_weights(state.get("class_weights"))
+
+
+def _check_first_epoch_sampling(value: str) -> None:
+    if value not in FIRST_EPOCH_SAMPLINGS:
+        raise ValueError(f"first_epoch_sampling must be one of {FIRST_EPOCH_SAMPLINGS}, got {value!r}")
 
 
 
@@ -287,9 +314,13 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
         class_names: the classes in label order (names of the logged weights).
         mode: ``"difficulty"`` (reference code) or ``"difficulty_inverse_frequency"`` (paper text).
         gamma: the focusing exponent (2 in the paper).
+        min_class_share: each class's least share of an epoch is ``min_class_share / K``; 0: the reference's
+            formula, and training stops when a class got no draw in an epoch (its weight would be undefined).
+        first_epoch_sampling: ``"replacement"`` (N uniform draws with replacement, the reference) or
+            ``"permutation"`` (every row once) for epoch 1.
 
     Give it to ``trainers.AmlpfTrainer`` (or ``DistillationTrainer``): ``callbacks=[ClassBalancedResampling(...)]``.
-    Epoch 1 draws a uniform permutation; the weights set after epoch ``e`` drive epoch ``e + 1``.
+    The weights set after epoch ``e`` drive epoch ``e + 1``.
     """
 
     def __init__(
@@ -298,13 +329,16 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
         mode: str = "difficulty",
         gamma: float = 2.0,
         min_class_share: float = DEFAULT_MIN_CLASS_SHARE,
+        first_epoch_sampling: str = DEFAULT_FIRST_EPOCH_SAMPLING,
     ):
         if mode not in RESAMPLING_MODES[1:]:
             raise ValueError(f"resampling mode must be one of {RESAMPLING_MODES[1:]}, got {mode!r}")
+        _check_first_epoch_sampling(first_epoch_sampling)
         self.class_names = [str(name) for name in class_names]
         self.mode = mode
         self.gamma = float(gamma)
         self.min_class_share = float(min_class_share)
+        self.first_epoch_sampling = first_epoch_sampling
         self.sampler: ClassBalancedSampler | None = None
         # exported state (see state()); restored instances get these set by the Trainer
         self.sampler_state: dict | None = None
@@ -323,6 +357,7 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
                 "mode": self.mode,
                 "gamma": self.gamma,
                 "min_class_share": self.min_class_share,
+                "first_epoch_sampling": self.first_epoch_sampling,
             },
             "attributes": {
                 "sampler_state": self.sampler.state_dict() if self.sampler is not None else self.sampler_state,
@@ -340,7 +375,8 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
         labels = _dataset_labels(train_dataset)
         if self.sampler is None or len(self.sampler.labels) != len(labels):
             self.sampler = ClassBalancedSampler(
-                labels, len(self.class_names), mode=self.mode, seed=seed, min_class_share=self.min_class_share
+                labels, len(self.class_names), mode=self.mode, seed=seed, min_class_share=self.min_class_share,
+                first_epoch_sampling=self.first_epoch_sampling,
             )
         return DrawIndexedSampler(self.sampler) if isinstance(train_dataset, TrainingViews) else self.sampler
 
@@ -398,6 +434,9 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
                 "ClassBalancedResampling found no ClassBalancedSampler under the train DataLoader: train with "
                 "modeling_amlpf.trainers.AmlpfTrainer or DistillationTrainer, which draw with the callback's sampler"
             )
+        # a restored instance has the checkpoint's arguments; the sampler has this run's (flags may change on resume)
+        self.min_class_share = self.sampler.min_class_share
+        self.first_epoch_sampling = self.sampler.first_epoch_sampling
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if saved is None:
             raise ValueError(
@@ -443,6 +482,8 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
             return
         labels, probs = records[:, 0].long(), records[:, 1]
         num_classes = len(self.class_names)
+        if self.sampler.min_class_share == 0.0:
+            self._stop_if_starved(labels, state)
         weights = class_difficulty_weights(probs, labels, num_classes, self.gamma, self.sampler.class_weights)
         self.sampler.set_class_weights(weights)
         mass = self.sampler.class_shares()  # the shares actually drawn from, the floor included
@@ -467,6 +508,24 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
         state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
         logger.info(f"epoch {entry['epoch']}: next epoch's class weights {entry['next_epoch_class_weights']}")
         self.write_history(args.output_dir, args)
+
+    def _stop_if_starved(self, labels: torch.Tensor, state) -> None:
+        """With ``min_class_share=0`` (the reference's formula), a class with training rows but no draw this epoch
+        has no defined weight: the reference's mean over zero draws is NaN and its sampler raises at the next
+        epoch. Stop here with that reason instead of drawing the class 0 times from now on."""
+        draws = torch.bincount(labels, minlength=len(self.class_names))
+        starved = [
+            name for name, count, n in zip(self.class_names, draws.tolist(), self.sampler.class_counts.tolist())
+            if n > 0 and count == 0
+        ]
+        if starved:
+            epoch = int(round(state.epoch or 0))
+            raise UserError(
+                f"--min_class_share 0 (the reference's resampling formula): class(es) {', '.join(map(repr, starved))} "
+                f"got no training draw in epoch {epoch}, so the next epoch's weight (a mean over zero draws) is "
+                "undefined; the reference's WeightedRandomSampler fails here. Rerun (or resume a checkpoint) with "
+                f"--min_class_share > 0, e.g. the default {DEFAULT_MIN_CLASS_SHARE}, which keeps every class in play"
+            )
 
     def write_history(self, output_dir: str, args=None) -> None:
         """``resampling_history.json``: per epoch the next epoch's class weights and shares, mean true-class

@@ -1,6 +1,6 @@
 """The Trainers of the two scripts: ``AmlpfTrainer`` (the teacher's) and ``DistillationTrainer`` (the student's).
 
-``AmlpfTrainer`` is ``transformers.Trainer`` with two additions and nothing else:
+``AmlpfTrainer`` is ``transformers.Trainer`` with these additions and nothing else:
 
 * the paper's epoch-step learning rates (``lr_schedule=[(1, 3e-4), (2, 1e-4), ...]``, 1-based epochs) through
   ``create_scheduler``, the Trainer's public hook for the scheduler (transformers has no piecewise-constant
@@ -10,7 +10,12 @@
   DataLoader with more private members). Without that callback the Trainer's own sampler is used;
 * ``decay_all_parameters=True``: weight decay on every trainable parameter, biases and norms included, as the
   reference's ``AdamW(model.parameters(), weight_decay=...)``, through the public ``get_decay_parameter_names``
-  (the Trainer's default leaves biases and LayerNorm weights undecayed).
+  (the Trainer's default leaves biases and LayerNorm weights undecayed);
+* ``dataloader_drop_last`` (the student script's default, as the reference's student loader) applies to the
+  training loader only: the Trainer would also drop the last incomplete batch of evaluation and prediction, so
+  that test metrics missed up to a batch of images. ``get_eval_dataloader``/``get_test_dataloader`` (the
+  Trainer's documented overrides) build those loaders with the flag off. A training set smaller than one step's
+  batch is refused at construction (every batch would be dropped and nothing trained).
 
 ``DistillationTrainer`` adds the distillation loss, as in the transformers guide on knowledge distillation
 for computer vision: ``loss = CE + kd_weight * distillation_loss(student, teacher)``, with ``ce_loss`` and
@@ -24,6 +29,7 @@ other geometry is refused, other normalisation is mapped onto the teacher's on t
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -31,6 +37,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, default_data_collator
 from transformers.utils import logging
 
+from ..utils import UserError
 from .losses import KD_LOSSES, distillation_loss
 from .views import SAMPLE_INDEX, VIEW_GEOMETRY
 
@@ -60,6 +67,17 @@ def training_collator(features: list[dict]) -> dict:
     return batch
 
 
+@contextmanager
+def _every_batch(args):
+    """``args.dataloader_drop_last`` off while an evaluation or prediction loader is built."""
+    drop_last = args.dataloader_drop_last
+    args.dataloader_drop_last = False
+    try:
+        yield
+    finally:
+        args.dataloader_drop_last = drop_last
+
+
 class AmlpfTrainer(Trainer):
     """``Trainer`` with the epoch-step learning-rate schedule and the class-balanced sampler (module docstring).
 
@@ -79,6 +97,30 @@ class AmlpfTrainer(Trainer):
         self.lr_schedule = lr_schedule
         self.decay_all_parameters = bool(decay_all_parameters)
         super().__init__(*args, **kwargs)
+        self._check_full_batch()
+
+    def _check_full_batch(self) -> None:
+        """With ``dataloader_drop_last`` (the student scripts' default, as the reference) a training set smaller
+        than one step's batch would train on nothing: refuse it instead."""
+        dataset = self.train_dataset
+        if not self.args.dataloader_drop_last or dataset is None or not hasattr(dataset, "__len__"):
+            return
+        split = bool(getattr(self.args.accelerator_config, "split_batches", False))
+        per_step = self.args.train_batch_size * (1 if split else self.args.world_size)
+        if len(dataset) < per_step:
+            raise UserError(
+                f"the training set has {len(dataset)} images, fewer than one batch of {per_step}: with "
+                "dataloader_drop_last every batch is incomplete and dropped. Pass a smaller "
+                "--global_train_batch_size (or --per_device_train_batch_size) or --dataloader_drop_last False"
+            )
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with _every_batch(self.args):  # model selection sees every validation image
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with _every_batch(self.args):  # test metrics and predictions cover every image
+            return super().get_test_dataloader(test_dataset)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         if self.decay_all_parameters:
