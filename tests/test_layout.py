@@ -20,6 +20,7 @@ FORBIDDEN = {
     "pretrained": {"data", "training", "evaluation", "cli"},
     "training": {"evaluation", "cli"},
     "evaluation": {"training", "cli"},
+    "slides": {"training", "cli"},
     "utils": {"models", "data", "pretrained", "training", "evaluation", "cli"},
 }
 
