@@ -69,7 +69,7 @@ def save_checkpoint(kind: str, folder: Path) -> Path:
 
 def timed(command: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])} ... failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     return time.perf_counter() - start

@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from transformers.hf_argparser import string_to_bool
+
 from ..utils import UserError
 
 COMMANDS = ("wsinfer",)
+# boolean flags as the training scripts take them (HfArgumentParser): `--push_to_hub` or `--push_to_hub True`
+FLAG = {"type": string_to_bool, "nargs": "?", "const": True, "default": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch_size_pixels", type=int, default=None,
         help="tile side in pixels; default: the size of the (square) training images listed by split.json",
     )
-    wsinfer.add_argument("--trust_remote_code", action="store_true", help="load the checkpoint's own code")
-    wsinfer.add_argument("--push_to_hub", action="store_true", help="upload the WSInfer files to the Hub")
+    wsinfer.add_argument("--trust_remote_code", **FLAG, help="load the checkpoint's own code")
+    wsinfer.add_argument("--push_to_hub", **FLAG, help="upload the WSInfer files to the Hub")
     wsinfer.add_argument("--hub_model_id", default=None, help="Hub repository (default: the output folder's name)")
-    wsinfer.add_argument("--hub_private_repo", action="store_true", help="create the Hub repository as private")
+    wsinfer.add_argument("--hub_private_repo", **FLAG, help="create the Hub repository as private")
     wsinfer.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
     return parser
 

@@ -19,7 +19,7 @@ def registry_entry(config: dict, repo_id: str | None, name: str) -> dict:
 def wsinfer_model_card(export, model_dir: str, processor, hub_model_id: str | None = None) -> str:
     """Markdown model card of a WSInfer export (`export` is a `WsinferExport`)."""
     config = export.config
-    name = (hub_model_id or "amlpf-model").split("/")[-1]
+    name = hub_model_id.split("/")[-1] if hub_model_id else export.output_dir.resolve().name
     entry = json.dumps(registry_entry(config, hub_model_id, name), indent=2)
     classes = "\n".join(f"| {index} | {label} |" for index, label in enumerate(config["class_names"]))
     upsize = (
@@ -27,6 +27,7 @@ def wsinfer_model_card(export, model_dir: str, processor, hub_model_id: str | No
         < processor.min_short_side else "not upsized (already at least min_short_side)"
     )
     repo = hub_model_id or "<org>/<repo>"
+    side = config["patch_size_pixels"]
     return f"""---
 library_name: wsinfer
 tags:
@@ -55,8 +56,8 @@ checkpoint's processor on {export.check_tiles} synthetic tiles |
 |---|---|
 {classes}
 
-The TorchScript module takes WSInfer's normalised tile batch `[B, 3, {config['patch_size_pixels']},
-{config['patch_size_pixels']}]` and computes the checkpoint's evaluation views itself: the tile is {upsize},
+The TorchScript module takes WSInfer's normalised tile batch `[B, 3, {side}, {side}]` and computes the
+checkpoint's evaluation views itself: the tile is {upsize},
 {processor.num_crops} crops of {processor.crop_size} px are cut at the processor's evaluation grid positions and
 the whole tile is resized to {processor.crop_size} px as the global view ({processor.resample}); the model's
 image logits are (mean of the crop logits + global logits) / 2. WSInfer applies the softmax.

@@ -47,6 +47,7 @@ DOCUMENTED_SPACINGS: dict[tuple[str, str | None], DocumentedSpacing] = {
     ("breakhis", "200X"): DocumentedSpacing(None, _BREAKHIS_NONE),
     ("breakhis", "400X"): DocumentedSpacing(None, _BREAKHIS_NONE),
     ("chaoyang", None): DocumentedSpacing(None, "no spacing stated by the Chaoyang release checked for this table"),
+    ("demo", None): DocumentedSpacing(None, "synthetic images (modeling_amlpf.data.demo) have no physical spacing"),
     ("lunghist700", "20x"): DocumentedSpacing(None, _LUNG_NONE),
     ("lunghist700", "40x"): DocumentedSpacing(None, _LUNG_NONE),
 }
