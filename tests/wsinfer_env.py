@@ -3,7 +3,8 @@
 WSInfer 0.6.1 pins what it imports loosely: it needs `zarr<3` and `tiffslide<2.6`, and brings h5py, opencv,
 pandas, scikit-image and shapely that the project does not use. So it lives in `.cache/wsinfer-venv` (gitignored;
 `AMLPF_WSINFER_VENV` moves it), with the project's own torch and torchvision versions. The first call installs
-it (about 5 minutes with the CUDA torch wheels from a local cache); later calls reuse it.
+it (about 5 minutes with the CUDA torch wheels from a local cache); later calls reuse it. Extra pip arguments
+go in `AMLPF_WSINFER_PIP_ARGS` (e.g. `--extra-index-url https://download.pytorch.org/whl/cpu` for CPU wheels).
 
 WSInfer's CLI fetches its model-zoo registry when it is imported: `wsinfer_environment` points HOME at a folder
 holding an empty registry and sets HF_HUB_OFFLINE=1, so nothing reaches the network.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,7 +48,8 @@ def ensure_wsinfer_venv(path: Path | None = None) -> Path:
     if path.exists():
         shutil.rmtree(path)
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    result = subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", *pins],
+    extra = shlex.split(os.environ.get("AMLPF_WSINFER_PIP_ARGS", ""))
+    result = subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", *extra, *pins],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"installing {' '.join(pins)} into {path} failed:\n{result.stderr[-3000:]}")
