@@ -33,6 +33,7 @@ from modeling_amlpf.slides.wsinfer_export import (
     reference_probabilities,
     scripted_probabilities,
     synthetic_tiles,
+    trace_module,
 )
 from modeling_amlpf.utils import UserError
 
@@ -213,6 +214,26 @@ def test_traced_module_equals_automodel_with_its_processor(kind, checkpoints, ex
     assert reference.std(axis=0).max() > 0.02  # tiles are told apart: the model is not constant
     other_views = reference_probabilities(model, processor.with_overrides(resample="bicubic", antialias=True), pixels)
     assert np.abs(other_views - reference).max() > 1e-3
+
+
+def test_clip_tower_student_traces_too():
+    """Students with a transformers CLIP image tower (vision_backend="clip") export as well as timm ones."""
+    from modeling_amlpf import AmlpfClipConfig, AmlpfClipForImageClassification
+
+    config, _ = AmlpfClipConfig.get_config_dict(STUDENT_TINY)
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8, "projection_dim": config["projection_dim"],
+              "hidden_act": "quick_gelu"}
+    torch.manual_seed(0)
+    model = AmlpfClipForImageClassification(
+        AmlpfClipConfig.from_dict({**config, "vision_backend": "clip", "vision_config": vision})
+    ).eval()
+    processor = AmlpfImageProcessor(min_short_side=64, crop_size=32, crop_stride=8, large_crop_stride=12)
+    traced, mean, std = trace_module(model, processor, 48)
+    for batch in (1, 3):
+        pixels = synthetic_tiles(batch, 48, seed=batch)
+        ours = scripted_probabilities(traced, pixels, mean, std)
+        assert np.abs(ours - reference_probabilities(model, processor, pixels)).max() <= 1e-5
 
 
 # ------------------------------------------------------------------------------------------------ options
