@@ -392,6 +392,29 @@ def test_wsinfer_run_matches_the_checkpoint_on_the_same_regions(kind, wsinfer_ve
         assert image.width > 600 and image.height > 300
 
 
+def test_wsinfer_resizes_tiles_of_a_finer_slide_to_the_model_spacing(wsinfer_venv, checkpoints, exports, tmp_path):
+    """A slide scanned at 0.25 um/px: WSInfer cuts 192-px regions (the model's 48 um) and its Resize brings them to
+    96 px; the checkpoint on the same regions resized the same way (torchvision's Resize on the PIL tile) agrees."""
+    from torchvision.transforms import Resize
+    from wsinfer_env import run_helper, run_wsinfer
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    run_helper(wsinfer_venv, "write-slide", slides / "fine.tif", "--mpp", "0.25", "--width", "2304", "--height",
+               "1792")
+    results = tmp_path / "results"
+    run = run_wsinfer(wsinfer_venv, slides, results, exports["teacher"], tmp_path / "home")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    table = results / "model-outputs-csv" / "fine.csv"
+    _, wsinfer_probs = _csv_probabilities(table)
+    run_helper(wsinfer_venv, "read-regions", slides / "fine.tif", table, tmp_path / "tiles.npy")
+    regions = np.load(tmp_path / "tiles.npy")
+    assert regions.shape[1:] == (2 * TILE, 2 * TILE, 3)
+    resized = np.stack([np.asarray(Resize(TILE)(Image.fromarray(region))) for region in regions])
+    model, processor = _load(checkpoints["teacher"])
+    assert np.abs(wsinfer_probs - reference_probabilities(model, processor, resized)).max() <= 1e-4
+
+
 # ------------------------------------------------------------------------------------------------ heatmap alone
 def test_report_slides_without_the_slide_names_the_flag(tmp_path):
     results = tmp_path / "results"
