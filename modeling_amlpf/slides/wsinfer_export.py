@@ -10,7 +10,6 @@ itself: the processor's evaluation views (`TileViews`), the model, and the view 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,8 +22,6 @@ from torch import nn
 from ..utils import UserError
 from .spacing import read_split_info, resolve_patch_size, resolve_spacing
 from .tile_views import TileViews
-
-logger = logging.getLogger(__name__)
 
 SPEC_VERSION = "1.0"
 MODEL_FILE = "torchscript_model.pt"
