@@ -41,6 +41,7 @@ bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_data.py --json benchmarks/results/bench_data.json
 	$(OFFLINE) $(PY) benchmarks/bench_train.py --json benchmarks/results/bench_train.json
 	$(OFFLINE) $(PY) benchmarks/bench_infer.py --json benchmarks/results/bench_infer.json
+	$(OFFLINE) $(PY) benchmarks/bench_wsinfer.py --json benchmarks/results/bench_wsinfer.json
 
 presets: install
 	$(OFFLINE) $(PY) -m modeling_amlpf.presets --output_dir configs/models

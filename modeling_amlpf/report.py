@@ -5,4 +5,4 @@ from .evaluation import report as _impl
 main = _impl.main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # `slides` returns its exit code (2 on a user error)

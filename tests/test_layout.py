@@ -24,6 +24,7 @@ FORBIDDEN = {
     "pretrained": {"training", "evaluation", "cli"},
     "training": {"evaluation", "cli"},
     "evaluation": {"training", "cli"},
+    "slides": {"training", "cli"},
     "utils": {"models", "data", "pretrained", "training", "evaluation", "cli"},
 }
 

@@ -4,6 +4,7 @@ pictures from its files.
 
     python -m modeling_amlpf.report outputs/demo              # a dataset folder with teacher/ and student/
     python -m modeling_amlpf.report outputs/chaoyang/student  # one run, or a --split_seeds root (split_<k>/)
+    python -m modeling_amlpf.report slides RESULTS            # heatmaps of a `wsinfer run` (modeling_amlpf.slides)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +228,11 @@ def write_figures(run_dir: Path) -> list[Path]:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["slides"]:  # a run folder literally named "slides" is still reachable as ./slides
+        from ..slides.heatmap import main as slides_main
+
+        return slides_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a dataset folder of outputs (e.g. outputs/demo), one run, or a split root")
     parser.add_argument("--no_figures", action="store_true", help="print the table only")
@@ -247,4 +254,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
