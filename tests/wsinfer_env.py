@@ -1,10 +1,11 @@
 """WSInfer in its own virtual environment, created once and cached (tests and benchmarks/bench_wsinfer.py).
 
-WSInfer 0.6.1 pins what it imports loosely: it needs `zarr<3` and `tiffslide<2.6`, and brings h5py, opencv,
-pandas, scikit-image and shapely that the project does not use. So it lives in `.cache/wsinfer-venv` (gitignored;
-`AMLPF_WSINFER_VENV` moves it), with the project's own torch and torchvision versions. The first call installs
-it (about 5 minutes with the CUDA torch wheels from a local cache); later calls reuse it. Extra pip arguments
-go in `AMLPF_WSINFER_PIP_ARGS` (e.g. `--extra-index-url https://download.pytorch.org/whl/cpu` for CPU wheels).
+WSInfer 0.6.1 pins what it imports loosely: it needs `zarr<3` and `tiffslide<2.6`, and brings h5py, opencv, pandas,
+scikit-image and shapely that the project does not use. So it lives in `.cache/wsinfer-venv` (gitignored;
+`AMLPF_WSINFER_VENV` moves it), with the project's own torch and torchvision versions. The first call installs it
+(about a minute: torch comes from the project's environment, see ``ensure_wsinfer_venv``); later calls reuse it.
+Extra pip arguments go in `AMLPF_WSINFER_PIP_ARGS` (e.g. `--extra-index-url https://download.pytorch.org/whl/cpu`
+for CPU wheels).
 
 WSInfer's CLI fetches its model-zoo registry when it is imported: `wsinfer_environment` points HOME at a folder
 holding an empty registry and sets HF_HUB_OFFLINE=1, so nothing reaches the network.
@@ -18,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +41,11 @@ def venv_dir() -> Path:
 
 
 def ensure_wsinfer_venv(path: Path | None = None) -> Path:
-    """The venv's folder, installing WSInfer into it first when it is missing or was made with other pins."""
+    """The venv's folder, installing WSInfer into it first when it is missing or was made with other pins.
+
+    The venv sees the project's packages after its own (a ``.pth`` file naming the project's site-packages), so
+    torch and torchvision are the project's very install (no second 5 GB copy; about a minute to set up), while
+    WSInfer's own pins (zarr, tiffslide, ...) are installed into the venv and come first."""
     path = Path(path or venv_dir())
     pins = torch_pins() + list(WSINFER_PINS)
     stamp = path / STAMP
@@ -48,8 +54,12 @@ def ensure_wsinfer_venv(path: Path | None = None) -> Path:
     if path.exists():
         shutil.rmtree(path)
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    python = str(path / "bin" / "python")
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    Path(own, "amlpf-project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     extra = shlex.split(os.environ.get("AMLPF_WSINFER_PIP_ARGS", ""))
-    result = subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", *extra, *pins],
+    result = subprocess.run([python, "-m", "pip", "install", "--quiet", *extra, *pins],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"installing {' '.join(pins)} into {path} failed:\n{result.stderr[-3000:]}")
