@@ -34,6 +34,7 @@ from ..pretrained.prompts import parse_levels
 from ..training.losses import KD_LOSSES
 from ..training.resampling import DEFAULT_MIN_CLASS_SHARE, RESAMPLING_MODES
 from ..utils import CONFIG_DIR
+from .help import HELP_ALL, HelpAllAction, flag_groups, format_config, format_help
 from .launch import (
     available_cpus,
     has_accelerator,
@@ -75,7 +76,7 @@ class DataArguments:
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Dataset root. Default: $AMLPF_DATA_DIR/<dataset>, else data/<dataset> (demo: a local cache)."
+            "help": "Dataset root. Default: $AMLPF_DATA_DIR/<dataset>, else data/<dataset>."
         },
     )
     task: Task | None = field(
@@ -88,7 +89,7 @@ class DataArguments:
     resolution: Resolution | None = field(default=None, metadata={"help": "LungHist700 resolution filter."})
     protocol: Protocol | None = field(
         default=None,
-        metadata={"help": "Chaoyang: 'resplit' (group-disjoint by slide, default) or 'official' (its own test set)."},
+        metadata={"help": "Chaoyang: resplit (group-disjoint by slide) or official (its own test set)."},
     )
     groups_csv: str | None = field(default=None, metadata={"help": "imagefolder: CSV with columns path,group."})
     split_seed: int = field(default=1, metadata={"help": "Seed of the group-disjoint split (1..10 in the paper)."})
@@ -108,7 +109,7 @@ class DataArguments:
     external_cohort: bool = field(
         default=False,
         metadata={"help": "Evaluate a trained model (--do_train False --model_name_or_path DIR) on every image of "
-                          "--data_dir, without a split (e.g. another hospital's cohort)."},
+                          "--data_dir, without a split (another hospital's cohort)."},
     )
     class_map: str | None = field(
         default=None,
@@ -187,7 +188,7 @@ class StudentArguments:
         },
     )
     teacher_model: str | None = field(
-        default=None, metadata={"help": "Trained teacher (dir or Hub id). Default: <output root>/<dataset>/teacher."}
+        default=None, metadata={"help": "Trained teacher (dir or Hub id); with --split_seeds its split_<k> folders."}
     )
     teacher_dtype: TeacherDtype | None = field(
         default=None,
@@ -201,8 +202,8 @@ class StudentArguments:
     train_logit_scale: bool | None = field(
         default=None,
         metadata={
-            "help": "Train CLIP's logit scale too (the paper recipes: true, as the reference). Default: the "
-            "student checkpoint's own setting (frozen for converted and Hugging Face CLIPs)."
+            "help": "Train CLIP's logit scale too, as the reference. Else the student checkpoint's own setting "
+            "(frozen for converted and Hugging Face CLIPs)."
         },
     )
     resampling: Resampling = field(
@@ -213,8 +214,8 @@ class StudentArguments:
     min_class_share: float = field(
         default=DEFAULT_MIN_CLASS_SHARE,
         metadata={
-            "help": "Each class keeps at least min_class_share / K of an epoch's draws (K classes), so a class is "
-            "never starved; 0 restores the reference formula exactly."
+            "help": "Each of K classes keeps at least min_class_share / K of an epoch's draws (never starved); "
+            "0: the reference formula exactly."
         },
     )
     kd_loss: KdLoss = field(
@@ -249,13 +250,12 @@ class RunArguments:
     )
     lr_schedule: str | None = field(
         default=None,
-        metadata={"help": "Epoch-step learning rates, 1-based epochs: '1:3e-4,2:1e-4,20:5e-5' (the paper's teacher)."},
+        metadata={"help": "Learning rate from each 1-based epoch on, e.g. '1:3e-4,2:1e-4,20:5e-5'."},
     )
     global_train_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Images per optimiser step over all processes and accumulation steps (the paper's batch: "
-                          "24 teacher, 18 student); sets per_device_train_batch_size = global / (processes x "
-                          "gradient_accumulation_steps), which must divide."},
+        metadata={"help": "Images per optimiser step over all processes and accumulation steps (paper: 24 teacher, "
+                          "18 student); per_device_train_batch_size = global / (processes x accumulation steps)."},
     )
     output_root: str | None = field(
         default=None, metadata={"help": "Root of the default output dirs (default $AMLPF_OUTPUT_DIR or outputs)."}
@@ -264,13 +264,18 @@ class RunArguments:
         default=True,
         metadata={
             "help": "Apply --weight_decay to every parameter, biases and norms included, as the reference (False: "
-            "the Trainer's rule, no decay on biases and LayerNorm weights)."
+            "the Trainer's rule)."
         },
     )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into a non-empty --output_dir from scratch. Without it, a checkpoint there is "
                           "resumed and other contents are refused."},
+    )
+    print_config: bool = field(
+        default=False,
+        metadata={"help": "Print the effective settings (recipe, values and their source, folders) and exit "
+                          "without reading data or loading models."},
     )
 
 
@@ -438,26 +443,33 @@ CHOICE_TYPES = {
 }
 DATASET_OPTION_FLAGS = ("task", "magnification", "resolution", "protocol", "groups_csv")
 
-USAGE = "%(prog)s --dataset NAME [--config FILE.yaml|none] [--FLAG VALUE ...]   (-h lists every flag)"
+USAGE = "%(prog)s --dataset NAME [--config FILE.yaml|none] [--FLAG VALUE ...] [--print_config]"
 DESCRIPTION = (
     "Values, lowest precedence first: the script's protocol defaults; the recipe (--config FILE.yaml, else "
-    "configs/<dataset>.yaml when it exists; --config none skips it); the flags given here. Defaults that depend "
-    "on the dataset (output folders, teacher, student, Hub repo) fill what is still unset. Every "
-    "transformers.TrainingArguments flag works."
+    "configs/<dataset>.yaml; --config none skips it); the flags given here; folders derived from --dataset."
 )
 
 
 class ScriptArgumentParser(HfArgumentParser):
     """``HfArgumentParser`` whose fixed-choice flags accept any letter case (and dtype aliases), with a short
-    usage line, and whose errors print once per ``accelerate launch`` run (``launch.report_user_error``)."""
+    usage line, a grouped ``-h`` (``cli.help``; ``--help-all`` adds every TrainingArguments flag), and whose
+    errors print once per ``accelerate launch`` run (``launch.report_user_error``)."""
 
-    def __init__(self, dataclass_types, **kwargs):
+    def __init__(self, dataclass_types, section: str = "teacher", derived_help: dict | None = None, **kwargs):
         kwargs.setdefault("usage", USAGE)
         kwargs.setdefault("description", DESCRIPTION)
         super().__init__(dataclass_types, **kwargs)
+        self.section, self.derived_help = section, dict(derived_help or {})
+        self.add_argument(HELP_ALL, action=HelpAllAction, help="every flag, TrainingArguments' included")
         for action in self._actions:  # HfArgumentParser sets `type` itself; ours normalises before `choices`
             if action.dest in CHOICE_TYPES:
                 action.type = CHOICE_TYPES[action.dest]
+
+    def format_help(self, everything: bool = False) -> str:
+        return format_help(self, self.section, self.derived_help, everything=everything)
+
+    def print_help(self, file=None, everything: bool = False):
+        (file or sys.stdout).write(self.format_help(everything=everything))
 
     def error(self, message):
         usage = self.format_usage() if is_main_process() else ""
@@ -507,10 +519,11 @@ def parse_script_args(
     """
     types = (DataArguments, model_arguments, RunArguments, TrainingArguments)
     fields = {f.name for t in types for f in dataclasses.fields(t) if f.init}
-    parser = ScriptArgumentParser(types)
+    parser = ScriptArgumentParser(types, section=section)
     baseline = vars(parser.parse_known_args([])[0])  # the dataclasses' own defaults, as the parser converts them
     script_defaults = {**PROTOCOL_DEFAULTS, **(defaults or {})}
     parser.set_defaults(**script_defaults)
+    parser.derived_help = _derived_help(derived_defaults, {**baseline, **script_defaults})
     sources = _Sources.fromkeys(script_defaults, "script")
     argv = list(sys.argv[1:] if argv is None else argv)
     given = parser.given_flags(argv)  # -h exits here, before anything needs --dataset; bad choices too
@@ -540,6 +553,7 @@ def parse_script_args(
 
     # Checks and corrections before TrainingArguments sets up the devices
     _check_values(parser, namespace)
+    _check_teacher(parser, namespace, notes)
     _check_output_dir(parser, namespace, sources, notes)
     _fit_machine(namespace, sources, notes)
     global_batch = _global_batch(parser, namespace, given, recipe, config, notes)
@@ -551,6 +565,13 @@ def parse_script_args(
         namespace.per_device_train_batch_size = training_args.per_device_train_batch_size
         sources["per_device_train_batch_size"] = "auto"
     _note_kd_scaling(model_args, training_args, notes)
+    if run_args.print_config:
+        if is_main_process():
+            folders = run_folders(namespace, section)
+            groups = flag_groups(parser, section)
+            print(format_config(parser.prog, recipe_note, namespace, sources, folders, notes, groups, baseline),
+                  end="", flush=True)
+        sys.exit(0)
     if is_main_process():
         logger.info(recipe_note)
         for note in notes:
@@ -598,6 +619,83 @@ def _drop_recipe_backbone(recipe: dict, given: dict, notes: list[str]) -> None:
                 f"{' and '.join(chosen)} given: the recipe's {name} ({recipe.pop(name)}) does not apply; "
                 f"pass --{name} to use one with this architecture"
             )
+
+
+def _derived_help(derived_defaults, defaults: dict) -> dict[str, str]:
+    """What the dataset-derived defaults are, for ``-h``: ``derived_defaults`` of an example run with
+    ``<dataset>`` put back in place of the example's name."""
+    example = "lunghist700"
+    probe = argparse.Namespace(**{**defaults, "dataset": example, "push_to_hub": True})
+    shown = {}
+    for name, value in derived_defaults(probe).items():
+        if value:
+            text = str(value).replace(example, "<dataset>")
+            shown[name] = text + (" with --push_to_hub" if name == "hub_model_id" else "")
+    return shown
+
+
+def teacher_folder(ns, split_seed: int) -> str:
+    """The teacher a student run of ``split_seed`` loads: ``<teacher_model>/split_<k>`` when ``--split_seeds``
+    trained one per split there, else ``--teacher_model``."""
+    path = ns.teacher_model
+    if ns.split_seeds and (Path(path) / f"split_{split_seed}").is_dir():
+        return str(Path(path) / f"split_{split_seed}")
+    return path
+
+
+def missing_teachers(ns) -> list[str]:
+    """The local teacher folders a distillation run needs but that hold no trained model (no config.json)."""
+    from ..pretrained.weights import is_local_path
+
+    if not getattr(ns, "teacher_model", None) or not ns.do_train or not ns.kd_weight > 0:
+        return []
+    seeds = parse_seeds(ns.split_seeds) if ns.split_seeds else [ns.split_seed]
+    folders = dict.fromkeys(teacher_folder(ns, seed) for seed in seeds)
+    return [path for path in folders if is_local_path(path) and not (Path(path) / "config.json").is_file()]
+
+
+def _check_teacher(parser: ScriptArgumentParser, ns: argparse.Namespace, notes: list[str]) -> None:
+    """A distillation run needs its trained teacher: refuse a missing one now, before the data and the student
+    load (``--print_config`` notes it instead)."""
+    missing = missing_teachers(ns)
+    if not missing:
+        return
+    message = (
+        f"no trained teacher at {', '.join(missing)}: run `python train_teacher.py --dataset {ns.dataset}` with the "
+        "same dataset options and split seed(s) first, or pass --teacher_model PATH_OR_HUB_ID, or --kd_weight 0 to "
+        "train without distillation"
+    )
+    if ns.print_config:
+        notes.append(message)
+    else:
+        parser.error(message)
+
+
+def run_folders(ns: argparse.Namespace, section: str) -> dict[str, str]:
+    """The folders a command reads and writes, as ``--print_config`` shows them (nothing is read)."""
+    from ..pretrained.weights import is_local_path
+
+    data_dir = ns.data_dir or default_data_dir(ns.dataset)
+    if ns.dataset == "demo" and not ns.data_dir:
+        state = "SYNTHETIC images, generated there on first use"
+    else:
+        state = "exists" if Path(data_dir).is_dir() else "not found"
+    folders = {"data": f"{data_dir} ({state})", "output": ns.output_dir}
+    if ns.resume_from_checkpoint:
+        folders["resume"] = str(ns.resume_from_checkpoint)
+    if section == "student":
+        if ns.do_train and ns.kd_weight > 0:
+            missing = missing_teachers(ns)
+            folders["teacher"] = ns.teacher_model + (" (not found)" if missing else "")
+        else:
+            folders["teacher"] = "none (no distillation)" if ns.do_train else "none (an evaluation)"
+    model = ns.model_name_or_path or (ns.student_model if section == "student" else None)
+    if section == "teacher" and not model:
+        model = ns.teacher_config or ns.teacher_weights or ns.teacher_backbone or "a new teacher (random init)"
+    if section == "student" and not ns.model_name_or_path and is_local_path(model) and not Path(model).exists():
+        model += " (not found)"
+    folders[section] = model
+    return folders
 
 
 def _check_dataset_options(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:
