@@ -36,6 +36,7 @@ from transformers import AutoModel, AutoTokenizer, set_seed
 from modeling_amlpf.cli.arguments import (
     DataArguments,
     StudentArguments,
+    check_model_sources,
     default_hub_model_id,
     output_name,
     output_root,
@@ -50,6 +51,7 @@ from modeling_amlpf.cli.run_data import (
     export_run_split,
     load_processor,
     load_split,
+    log_run_data,
     match_model_classes,
     model_class_names,
 )
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, model_args, run_args, training_args = parse_script_args(
         StudentArguments, "student", argv, derived_defaults, defaults=STUDENT_DEFAULTS
     )
-    setup_logging(training_args)  # this process's level: the other processes of a launch log warnings only
+    setup_logging(training_args)  # this process's level: the other processes of a launch log errors only
+    check_model_sources(data_args, model_args, training_args)  # a missing teacher/student: before any data loads
     lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
 
     # An evaluation of a trained student (--do_train False --model_name_or_path DIR) leaves DIR as it is: its
@@ -312,12 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
             )
             evaluation = evaluation_facts("student", checkpoint, data_args, dd, relation, class_facts)
         class_names = list(dd["test"].features["label"].names)
+        log_run_data(dd, data_args, model_args, output_dir, split_seed=split_seed, training=args.do_train)
         prompts, prompt_source = prompts_for(data_args, class_names, checkpoint=checkpoint)
 
         # Models (student, frozen teacher) and processor
         model, tokenizer = build_student(model_args, class_names, prompts, training=args.do_train)
         prompts_used = prompt_facts(model, prompt_source)
-        logger.warning(  # what the results depend on, shown at the default log level
+        logger.info(  # what the results depend on
             f"prompts: {prompt_source}; levels {prompts_used['levels']}, {prompts_used['fusion']} fusion weights "
             + ", ".join(f"{level} = {w:.4f}" for level, w in prompts_used["fusion_weights"].items())
         )

@@ -27,6 +27,7 @@ from transformers import AutoModel, default_data_collator, set_seed
 from modeling_amlpf import AmlpfTeacherConfig, AmlpfTeacherForImageClassification
 from modeling_amlpf.cli.arguments import (
     TeacherArguments,
+    check_model_sources,
     default_hub_model_id,
     output_name,
     output_root,
@@ -40,6 +41,7 @@ from modeling_amlpf.cli.run_data import (
     export_run_split,
     load_processor,
     load_split,
+    log_run_data,
     match_model_classes,
     model_class_names,
 )
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, model_args, run_args, training_args = parse_script_args(
         TeacherArguments, "teacher", argv, derived_defaults
     )
-    setup_logging(training_args)  # this process's level: the other processes of a launch log warnings only
+    setup_logging(training_args)  # this process's level: the other processes of a launch log errors only
+    check_model_sources(data_args, model_args, training_args)  # a missing teacher/student: before any data loads
     lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
 
     # An evaluation of a trained teacher (--do_train False --model_name_or_path DIR) leaves DIR as it is: its
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             evaluation = evaluation_facts("teacher", checkpoint, data_args, dd, relation, class_facts)
         class_names = list(dd["test"].features["label"].names)
+        log_run_data(dd, data_args, model_args, output_dir, split_seed=split_seed, training=args.do_train)
 
         # Model and processor
         model = build_teacher(model_args, class_names)

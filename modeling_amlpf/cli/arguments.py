@@ -316,6 +316,7 @@ PROTOCOL_DEFAULTS = {
     "report_to": "none",
     "logging_nan_inf_filter": False,  # the filter costs a host sync every step
     "restore_callback_states_from_checkpoint": True,  # the resampling state (weights, history) on resume
+    "log_level_replica": "error",  # every process meets the same warnings: the main process prints them once
 }
 
 
@@ -553,7 +554,6 @@ def parse_script_args(
 
     # Checks and corrections before TrainingArguments sets up the devices
     _check_values(parser, namespace)
-    _check_teacher(parser, namespace, notes)
     _check_output_dir(parser, namespace, sources, notes)
     _fit_machine(namespace, sources, notes)
     global_batch = _global_batch(parser, namespace, given, recipe, config, notes)
@@ -566,6 +566,8 @@ def parse_script_args(
         sources["per_device_train_batch_size"] = "auto"
     _note_kd_scaling(model_args, training_args, notes)
     if run_args.print_config:
+        missing = missing_model_sources(namespace)
+        notes += [f"{flag} {path}: not found (the run would stop there)" for flag, path in missing]
         if is_main_process():
             folders = run_folders(namespace, section)
             groups = flag_groups(parser, section)
@@ -654,21 +656,47 @@ def missing_teachers(ns) -> list[str]:
     return [path for path in folders if is_local_path(path) and not (Path(path) / "config.json").is_file()]
 
 
-def _check_teacher(parser: ScriptArgumentParser, ns: argparse.Namespace, notes: list[str]) -> None:
-    """A distillation run needs its trained teacher: refuse a missing one now, before the data and the student
-    load (``--print_config`` notes it instead)."""
-    missing = missing_teachers(ns)
-    if not missing:
-        return
-    message = (
-        f"no trained teacher at {', '.join(missing)}: run `python train_teacher.py --dataset {ns.dataset}` with the "
-        "same dataset options and split seed(s) first, or pass --teacher_model PATH_OR_HUB_ID, or --kd_weight 0 to "
-        "train without distillation"
-    )
-    if ns.print_config:
-        notes.append(message)
-    else:
-        parser.error(message)
+def missing_model_sources(ns) -> list[tuple[str, str]]:
+    """``(flag, path)`` of each local model folder or file the run would load but that is not there: the teacher
+    of a distillation (per split), the student to start from, ``--model_name_or_path``, ``--teacher_config``,
+    ``--teacher_weights``. Hub ids are not checked (that needs the network)."""
+    from ..pretrained.weights import is_local_path
+
+    missing = [("--teacher_model", path) for path in missing_teachers(ns)]
+    sources = ["model_name_or_path", "teacher_config", "teacher_weights"]
+    if not getattr(ns, "model_name_or_path", None) and ns.do_train:
+        sources.append("student_model")
+    for name in sources:
+        value = getattr(ns, name, None)
+        if value and is_local_path(value) and not Path(value).expanduser().exists():
+            missing.append((f"--{name}", value))
+    return missing
+
+
+def check_model_sources(data_args, model_args, training_args) -> None:
+    """Refuse a run whose teacher, student or checkpoint is missing on disk, right after the parse and before any
+    data or model loads (``FileNotFoundError``: one message and exit code 2). The teacher a student needs is the
+    common case: train it first, point at it, or train without distillation."""
+    ns = argparse.Namespace(**vars(data_args), **vars(model_args), do_train=training_args.do_train)
+    problems = []
+    for flag, path in missing_model_sources(ns):
+        if flag == "--teacher_model":
+            problems.append(
+                f"no trained teacher at {path}: run `python train_teacher.py --dataset {data_args.dataset}` with the "
+                "same dataset options and split seed(s) first, or pass --teacher_model PATH_OR_HUB_ID, or "
+                "--kd_weight 0 to train without distillation"
+            )
+        elif flag == "--student_model":
+            problems.append(
+                f"no student model at {path}. Convert OpenAI's RN50 CLIP once with `python -m modeling_amlpf.convert "
+                f"open_clip --checkpoint RN50.pt --model RN50 --output_dir {path}`, or pass --student_model (an HF "
+                "CLIP id such as vinid/plip, a converted dir, or configs/models/student-tiny), or set "
+                "$AMLPF_STUDENT_MODEL"
+            )
+        else:
+            problems.append(f"{flag} {path}: no such file or folder")
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
 
 
 def run_folders(ns: argparse.Namespace, section: str) -> dict[str, str]:
@@ -685,8 +713,7 @@ def run_folders(ns: argparse.Namespace, section: str) -> dict[str, str]:
         folders["resume"] = str(ns.resume_from_checkpoint)
     if section == "student":
         if ns.do_train and ns.kd_weight > 0:
-            missing = missing_teachers(ns)
-            folders["teacher"] = ns.teacher_model + (" (not found)" if missing else "")
+            folders["teacher"] = ns.teacher_model + (" (not found)" if missing_teachers(ns) else "")
         else:
             folders["teacher"] = "none (no distillation)" if ns.do_train else "none (an evaluation)"
     model = ns.model_name_or_path or (ns.student_model if section == "student" else None)
