@@ -34,6 +34,7 @@ from huggingface_hub import HfApi
 from transformers import AutoModel, AutoTokenizer, set_seed
 
 from modeling_amlpf.cli.arguments import (
+    DEFAULT_STUDENT,
     DataArguments,
     StudentArguments,
     check_model_sources,
@@ -82,7 +83,6 @@ from modeling_amlpf.training.views import ViewEpochCallback, attach_views
 
 logger = logging.getLogger("distill_student")
 
-DEFAULT_STUDENT = "checkpoints/clip-rn50"
 STUDENT_ENV = "AMLPF_STUDENT_MODEL"
 # the training views' sample_index and view_geometry reach DistillationTrainer.compute_loss (the teacher cache)
 STUDENT_DEFAULTS = {"remove_unused_columns": False}

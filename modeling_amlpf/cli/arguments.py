@@ -45,6 +45,8 @@ from .launch import (
 )
 
 OUTPUT_ROOT_ENV = "AMLPF_OUTPUT_DIR"
+# the student of the paper recipes: OpenAI's RN50 CLIP, converted once with `python -m modeling_amlpf.convert`
+DEFAULT_STUDENT = "checkpoints/clip-rn50"
 logger = logging.get_logger(__name__)
 
 TASKS = (*breakhis.TASKS, *lunghist700.TASKS)
@@ -76,7 +78,7 @@ class DataArguments:
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Dataset root. Default: $AMLPF_DATA_DIR/<dataset>, else data/<dataset>."
+            "help": "Dataset root. Default: $AMLPF_DATA_DIR/<dataset>, else data/<dataset>; demo: a cache."
         },
     )
     task: Task | None = field(
@@ -668,7 +670,8 @@ def missing_model_sources(ns) -> list[tuple[str, str]]:
         sources.append("student_model")
     for name in sources:
         value = getattr(ns, name, None)
-        if value and is_local_path(value) and not Path(value).expanduser().exists():
+        local = value and (is_local_path(value) or value == DEFAULT_STUDENT)
+        if local and not Path(value).expanduser().exists():
             missing.append((f"--{name}", value))
     return missing
 
@@ -701,11 +704,11 @@ def check_model_sources(data_args, model_args, training_args) -> None:
 
 def run_folders(ns: argparse.Namespace, section: str) -> dict[str, str]:
     """The folders a command reads and writes, as ``--print_config`` shows them (nothing is read)."""
-    from ..pretrained.weights import is_local_path
+    from ..data.demo import default_demo_dir
 
     data_dir = ns.data_dir or default_data_dir(ns.dataset)
     if ns.dataset == "demo" and not ns.data_dir:
-        state = "SYNTHETIC images, generated there on first use"
+        data_dir, state = default_demo_dir(), "SYNTHETIC images, generated there on first use"
     else:
         state = "exists" if Path(data_dir).is_dir() else "not found"
     folders = {"data": f"{data_dir} ({state})", "output": ns.output_dir}
@@ -719,9 +722,8 @@ def run_folders(ns: argparse.Namespace, section: str) -> dict[str, str]:
     model = ns.model_name_or_path or (ns.student_model if section == "student" else None)
     if section == "teacher" and not model:
         model = ns.teacher_config or ns.teacher_weights or ns.teacher_backbone or "a new teacher (random init)"
-    if section == "student" and not ns.model_name_or_path and is_local_path(model) and not Path(model).exists():
-        model += " (not found)"
-    folders[section] = model
+    missing = {path for _, path in missing_model_sources(ns)}
+    folders[section] = model + (" (not found)" if model in missing else "")
     return folders
 
 
