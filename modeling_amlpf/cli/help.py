@@ -11,6 +11,7 @@ exits before any data or model is read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import textwrap
 from pathlib import Path
@@ -106,8 +107,6 @@ def flag_groups(parser, section: str) -> dict[str, list[str]]:
 
 
 def _fields(dtype):
-    import dataclasses
-
     return [f for f in dataclasses.fields(dtype) if f.init]
 
 
