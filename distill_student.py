@@ -33,8 +33,10 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from modeling_amlpf.cli.arguments import (
+    DEFAULT_STUDENT,
     DataArguments,
     StudentArguments,
+    check_model_sources,
     default_hub_model_id,
     output_name,
     output_root,
@@ -49,7 +51,7 @@ from modeling_amlpf.cli.protocol import (
     summarize_splits,
     training_callbacks,
 )
-from modeling_amlpf.cli.run_data import check_teacher_split, load_processor
+from modeling_amlpf.cli.run_data import check_teacher_split, load_processor, log_run_data
 from modeling_amlpf.cli.run_lock import hold_run_folder
 from modeling_amlpf.data.class_names import check_class_names
 from modeling_amlpf.evaluation.metrics import make_compute_metrics
@@ -64,7 +66,6 @@ from modeling_amlpf.training.views import ViewEpochCallback, attach_views
 
 logger = logging.getLogger("distill_student")
 
-DEFAULT_STUDENT = "checkpoints/clip-rn50"
 STUDENT_ENV = "AMLPF_STUDENT_MODEL"
 # the training views' sample_index and view_geometry reach DistillationTrainer.compute_loss (the teacher cache);
 # the reference's student loader drops the last incomplete batch (the l2 distillation term depends on the batch size)
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, model_args, run_args, training_args = parse_script_args(
         StudentArguments, "student", argv, derived_defaults, defaults=STUDENT_DEFAULTS
     )
-    setup_logging(training_args)  # this process's level: the other processes of a launch log warnings only
+    setup_logging(training_args)  # this process's level: the other processes of a launch log errors only
+    check_model_sources(data_args, model_args, training_args)  # a missing teacher/student: before any data loads
     hold_run_folder(training_args)  # one run per output folder, until this process ends
     lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
     checkpoint = model_args.model_name_or_path
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         # Dataset and labels of this split, the prompts, the student, the frozen teacher and the processor
         run = start_split("student", data_args, training_args, split_seed, checkpoint=checkpoint,
                           evaluating=evaluating)
+        log_run_data(run.dd, data_args, model_args, run.output_dir, split_seed=split_seed, training=run.args.do_train)
         args, class_names = run.args, run.class_names
         prompts, prompt_source = prompts_for_run(class_names, dataset=data_args.dataset, task=data_args.task,
                                                  prompts_file=data_args.prompts_file, checkpoint=checkpoint)

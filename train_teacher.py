@@ -25,6 +25,7 @@ from transformers import AutoModel, default_data_collator
 from modeling_amlpf import AmlpfTeacherConfig, AmlpfTeacherForImageClassification
 from modeling_amlpf.cli.arguments import (
     TeacherArguments,
+    check_model_sources,
     default_hub_model_id,
     output_name,
     output_root,
@@ -39,7 +40,7 @@ from modeling_amlpf.cli.protocol import (
     summarize_splits,
     training_callbacks,
 )
-from modeling_amlpf.cli.run_data import load_processor
+from modeling_amlpf.cli.run_data import load_processor, log_run_data
 from modeling_amlpf.cli.run_lock import hold_run_folder
 from modeling_amlpf.data.class_names import check_class_names
 from modeling_amlpf.evaluation.metrics import make_compute_metrics
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, model_args, run_args, training_args = parse_script_args(
         TeacherArguments, "teacher", argv, derived_defaults
     )
-    setup_logging(training_args)  # this process's level: the other processes of a launch log warnings only
+    setup_logging(training_args)  # this process's level: the other processes of a launch log errors only
+    check_model_sources(data_args, model_args, training_args)  # a missing teacher/student: before any data loads
     hold_run_folder(training_args)  # one run per output folder, until this process ends
     lr_schedule = parse_lr_schedule(run_args.lr_schedule) if run_args.lr_schedule else None
     checkpoint = model_args.model_name_or_path
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         # Dataset and labels of this split, the teacher and its processor
         run = start_split("teacher", data_args, training_args, split_seed, checkpoint=checkpoint,
                           evaluating=evaluating)
+        log_run_data(run.dd, data_args, model_args, run.output_dir, split_seed=split_seed, training=run.args.do_train)
         args = run.args
         model = build_teacher(model_args, run.class_names)
         processor = load_processor(model_args.model_name_or_path, model_args.teacher_config)

@@ -8,6 +8,7 @@ run in-process through ``parse_script_args``, which is what the scripts call.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import yaml
 from conftest import REPO_ROOT, STUDENT_TINY, TEACHER_TINY, free_port
 from data_trees import make_imagefolder_tree, make_lunghist700_tree
 from huggingface_hub.utils import validate_repo_id
+from transformers import TrainingArguments
 
 import distill_student
 import train_teacher
@@ -208,14 +210,235 @@ def test_a_preset_on_the_command_line_wins_over_the_recipe_backbone(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- 14.5 help
 def test_help_needs_no_dataset_and_documents_the_recipe_flag(tmp_path):
-    result = run(TEACHER_SCRIPT, "-h", tmp_path=tmp_path)
+    result = run(TEACHER_SCRIPT, "-h", tmp_path=tmp_path, COLUMNS="119")
     assert result.returncode == 0, result.stderr
     help_text = " ".join(result.stdout.split())
     assert help_text.startswith("usage: train_teacher.py --dataset NAME [--config FILE.yaml|none] [--FLAG VALUE ...]")
-    assert "--config CONFIG YAML recipe: shared keys plus teacher:/student: sections" in help_text
+    assert "--config VALUE YAML recipe: shared keys plus teacher:/student: sections" in help_text
     for flag in ("--global_train_batch_size", "--overwrite_output_dir", "--teacher_config", "--learning_rate"):
         assert flag in help_text
     assert "{chaoyang,breakhis,lunghist700,imagefolder,demo}" in help_text
+    assert len(result.stdout.splitlines()) <= 120
+
+
+# ------------------------------------------------------------------------------- 19 -h that helps, --print_config
+HEADINGS = ("data: ", "models: ", "method: ", "run: ")
+
+
+def help_of(script, capsys, flag: str = "-h") -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(script, [flag])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """``--flag`` -> its entry (invocation, help and default, joined over its wrapped lines)."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  --"):
+            current = line.split()[0]
+            entries[current] = line
+        elif current and line.startswith("    "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("script", [train_teacher, distill_student])
+def test_help_groups_the_projects_flags_and_leaves_the_trainers_to_help_all(outputs, capsys, monkeypatch, script):
+    """-h was 609/650 lines with ~100 TrainingArguments flags (neftune, liger...) among the project's."""
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal: the help keeps its width and length
+    text = help_of(script, capsys)
+    lines = text.splitlines()
+    assert len(lines) <= 120
+    starts = [next(i for i, line in enumerate(lines) if line.startswith(heading)) for heading in HEADINGS]
+    assert starts == sorted(starts)
+    groups = dict(zip(HEADINGS, ["\n".join(lines[a:b]) for a, b in zip(starts, [*starts[1:], len(lines)])]))
+    assert "\n  --dataset " in groups["data: "] and "\n  --split_seeds " in groups["data: "]
+    assert "\n  --model_name_or_path " in groups["models: "]
+    assert "\n  --lr_schedule " in groups["method: "] and "\n  --num_train_epochs " in groups["method: "]
+    assert "\n  --print_config " in groups["run: "] and "\n  --output_dir " in groups["run: "]
+    entries = help_entries(text)
+    for flag in ("--neftune_noise_alpha", "--use_liger_kernel", "--eval_strategy", "--fp16", "--deepspeed"):
+        assert flag not in entries
+    assert "--help-all lists them" in " ".join(text.split())
+    everything = help_of(script, capsys, "--help-all")
+    assert "\nTrainer flags: every other transformers.TrainingArguments flag" in everything
+    for flag in ("--neftune_noise_alpha", "--eval_strategy", "--fp16", "--print_config", "--dataset"):
+        assert flag in help_entries(everything)
+    if script is distill_student:
+        for flag in ("--teacher_model", "--student_model"):
+            assert f"\n  {flag} " in groups["models: "]
+        for flag in ("--kd_weight", "--resampling", "--fusion", "--prompts_file"):
+            assert f"\n  {flag} " in groups["method: "]
+
+
+def test_help_shows_the_defaults_a_dataset_run_uses(outputs, capsys, tmp_path):
+    """The defaults shown were TrainingArguments' own (3.0 epochs, lr 5e-05) where the recipe decides."""
+    entries = help_entries(help_of(distill_student, capsys))
+    recipes = {path.stem: arguments.read_config(path, "student") for path in (REPO_ROOT / "configs").glob("*.yaml")}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+    assert all("num_train_epochs" in recipe for recipe in recipes.values())
+    assert entries["--num_train_epochs"].endswith(f"[recipe; else {defaults['num_train_epochs']}]")
+    assert entries["--learning_rate"].endswith(f"[recipe; else {defaults['learning_rate']}]")
+    assert "max_grad_norm" not in recipes["demo"] and recipes["lunghist700"]["max_grad_norm"] == 0.0
+    assert entries["--max_grad_norm"].endswith(f"[paper recipes; else {defaults['max_grad_norm']}]")
+    assert entries["--output_dir"].endswith(f"[default: {outputs}/<dataset>/student]")  # $AMLPF_OUTPUT_DIR
+    assert entries["--teacher_model"].endswith(f"[default: {outputs}/<dataset>/teacher]")
+    # what "[default: X]" promises is what a run without a recipe gets
+    data_args, model_args, run_args, training = parse(
+        distill_student, ["--dataset", "imagefolder", "--data_dir", str(tmp_path), "--kd_weight", "0"]
+    )
+    values = {**vars(data_args), **vars(model_args), **vars(run_args), **training.to_dict()}
+    checked = 0
+    for flag, entry in entries.items():
+        name = flag[2:]
+        if "[default: " not in entry or name in ("output_dir", "teacher_model", "hub_model_id", "kd_weight"):
+            continue
+        assert not any(name in recipe for recipe in recipes.values()), flag
+        shown = entry.rsplit("[default: ", 1)[1].rstrip("]")
+        assert shown == str(values[name]), (flag, values[name])
+        checked += 1
+    assert checked >= 12
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("nothing may be read or loaded here")
+
+
+def test_print_config_prints_the_effective_settings_without_reading_data_or_models(outputs, monkeypatch, capsys):
+    monkeypatch.setattr(distill_student, "load_split", refuse)
+    monkeypatch.setattr(distill_student, "load_student", refuse)
+    monkeypatch.setattr(distill_student.AutoModel, "from_pretrained", refuse)
+    data = outputs.parent / "data"
+    with pytest.raises(SystemExit) as exit_info:
+        distill_student.main(["--dataset", "lunghist700", "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    recipe = yaml.safe_load((REPO_ROOT / "configs" / "lunghist700.yaml").read_text())
+    assert out.split(": ", 1)[1].startswith("effective settings (--print_config: nothing was loaded")
+    assert f"Recipe: {REPO_ROOT / 'configs' / 'lunghist700.yaml'} (the paper's settings for lunghist700)" in out
+    assert f"  data       {data / 'lunghist700'} (not found)\n" in out
+    assert f"  output     {outputs / 'lunghist700' / 'student'}\n" in out
+    assert f"  teacher    {outputs / 'lunghist700' / 'teacher'} (not found)\n" in out
+    assert f"  student    {recipe['student']['student_model']} (not found)\n" in out
+    assert f"  num_train_epochs = {recipe['student']['num_train_epochs']}  [recipe]\n" in out
+    assert f"  lr_schedule = '{recipe['student']['lr_schedule']}'  [recipe]\n" in out
+    assert "  dataset = 'lunghist700'  [flag]\n" in out
+    assert f"  per_device_train_batch_size = {recipe['student']['global_train_batch_size']}  [auto]\n" in out
+    assert "no trained teacher at" not in out.split("notes:")[0]  # a note, not an error
+    assert not data.exists() and not outputs.exists()
+
+
+def test_print_config_runs_as_a_command_without_the_data_folder(tmp_path):
+    result = subprocess.run([sys.executable, "train_teacher.py", "--dataset", "demo", "--print_config"],
+                            cwd=REPO_ROOT, env=script_env(tmp_path, AMLPF_CACHE=str(tmp_path / "cache")),
+                            capture_output=True, text=True, timeout=600)  # from the repository root, as documented
+    assert result.returncode == 0, result.stderr
+    assert "(SYNTHETIC images, generated there on first use)\n" in result.stdout
+    assert "  teacher    configs/models/teacher-tiny\n" in result.stdout  # the demo recipe's preset
+    assert "  teacher_config = 'configs/models/teacher-tiny'  [recipe]\n" in result.stdout
+    assert not (tmp_path / "data").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_missing_teacher_or_student_is_refused_before_any_data_loads(outputs, monkeypatch, tmp_path):
+    """The missing teacher used to be found after the data loaded and the student was built."""
+    monkeypatch.setattr(distill_student, "load_split", refuse)
+    teacher = outputs / "lunghist700" / "teacher"
+    with pytest.raises(FileNotFoundError, match=f"no trained teacher at {teacher}: run `python train_teacher.py "
+                                                "--dataset lunghist700`"):
+        distill_student.main(["--dataset", "lunghist700", "--student_model", str(STUDENT_TINY)])
+    with pytest.raises(FileNotFoundError, match="no student model at checkpoints/clip-rn50. Convert"):
+        distill_student.main(["--dataset", "lunghist700", "--kd_weight", "0"])
+    with pytest.raises(FileNotFoundError, match="--teacher_config ./nowhere/tiny: no such file or folder"):
+        train_teacher.main(["--dataset", "lunghist700", "--teacher_config", "./nowhere/tiny"])
+    with pytest.raises(AssertionError, match="nothing may be read"):  # without distillation the data load comes
+        distill_student.main(["--dataset", "lunghist700", "--student_model", str(STUDENT_TINY), "--kd_weight", "0"])
+    (teacher / "split_2").mkdir(parents=True)
+    (teacher / "split_2" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=f"no trained teacher at {teacher}: "):  # split 1 has none
+        distill_student.main(["--dataset", "lunghist700", "--student_model", str(STUDENT_TINY),
+                              "--split_seeds", "1,2"])
+
+
+# ---------------------------------------------------------------------------------------- 19 logs that say what
+def test_the_run_data_block_names_the_folder_read_classes_and_images_per_part_and_class(outputs, tmp_path):
+    from collections import Counter
+
+    from modeling_amlpf.cli.run_data import load_split, run_data_summary
+
+    parent = tmp_path / "downloads"
+    tree = make_lunghist700_tree(parent)
+    assert tree.data_dir != parent  # the parent folder is given; the loader reads LungHist700/ inside it
+    data_args, model_args, _, training = parse(
+        distill_student, ["--dataset", "lunghist700", "--data_dir", str(parent), "--student_model", str(STUDENT_TINY)]
+    )
+    dd = load_split(data_args, 1)
+    block = run_data_summary(dd, data_args, model_args, training.output_dir, split_seed=1).splitlines()
+    assert block[0] == "Run data and models:"
+    assert block[1] == f"  data folder  {Path(tree.data_dir).resolve()} (given as --data_dir {parent})"
+    assert block[2].startswith("  dataset      lunghist700, split seed 1: generated (patient-disjoint)")
+    assert block[3] == f"  classes      3: {', '.join(tree.class_names)}"
+    for line, part in zip(block[4:7], ("train", "validation", "test")):
+        counts = Counter(dd[part]["label"])
+        expected = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(tree.class_names))
+        assert line == f"  {part:<12} {len(dd[part])} images: {expected}"
+    assert sum(len(dd[part]) for part in dd) == len(tree.labels)
+    assert block[7] == f"  teacher      {outputs / 'lunghist700' / 'teacher'}"
+    assert block[8] == f"  student      {STUDENT_TINY}"
+    assert block[9] == f"  output       {outputs / 'lunghist700' / 'student'}"
+
+
+def test_disable_tqdm_silences_third_party_progress_bars(tmp_path, tiny_teacher, capfd):
+    """"Writing model shards" (transformers' save_pretrained) used to be drawn under --disable_tqdm."""
+    import datasets
+    import huggingface_hub
+    from transformers import TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    from modeling_amlpf.cli.launch import setup_logging
+
+    try:
+        setup_logging(TrainingArguments(output_dir=str(tmp_path), disable_tqdm=False))
+        tiny_teacher.save_pretrained(tmp_path / "with_bars")
+        assert "Writing model shards" in capfd.readouterr().err  # the bar this test is about
+        setup_logging(TrainingArguments(output_dir=str(tmp_path), disable_tqdm=True))
+        assert not hf_logging.is_progress_bar_enabled()
+        assert huggingface_hub.utils.are_progress_bars_disabled() and not datasets.is_progress_bar_enabled()
+        tiny_teacher.save_pretrained(tmp_path / "without_bars")
+        assert "Writing model shards" not in capfd.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
+        huggingface_hub.utils.enable_progress_bars()
+        datasets.enable_progress_bars()
+
+
+def test_replicas_log_errors_only_and_the_project_logs_info_on_the_main_process(outputs, monkeypatch):
+    import logging
+
+    from modeling_amlpf.cli.launch import setup_logging
+
+    root_level = logging.getLogger().level
+    try:
+        *_, training = parse(train_teacher, ["--dataset", "demo"])
+        setup_logging(training)
+        assert logging.getLogger("modeling_amlpf").getEffectiveLevel() == logging.INFO
+        assert logging.getLogger("distill_student").getEffectiveLevel() == logging.INFO
+        assert logging.getLogger("transformers").getEffectiveLevel() == logging.WARNING  # passive: theirs
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setattr(type(training), "should_log", property(lambda self: False))
+        setup_logging(training)
+        for name in ("modeling_amlpf", "distill_student", "py.warnings", "transformers"):
+            assert logging.getLogger(name).getEffectiveLevel() == logging.ERROR, name
+    finally:
+        for name in ("modeling_amlpf", "train_teacher", "distill_student", "predict", "__main__"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        logging.getLogger().setLevel(root_level)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_warning()
 
 
 # --------------------------------------------------------------------------------------------------- 14.6 resume
@@ -386,6 +609,11 @@ def test_accelerate_launch_on_cpus_trains_data_parallel(tmp_path):
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log
     assert "parallel_mode != ParallelMode.DISTRIBUTED" not in log
     assert log.count("Recipe: ") == 1  # logged by rank 0 only
+    # every process meets these warnings; only the main process prints them (they printed twice)
+    assert log.count("no bundled prompts for dataset 'imagefolder'") == 1
+    warnings = [line.split(" WARNING ", 1)[1] for line in log.splitlines() if " WARNING " in line]
+    assert warnings and len(warnings) == len(set(warnings)), warnings
+    assert log.count("Run data and models:") == 1
 
 
 # ---------------------------------------------------------------------------------------- 11.8 the global batch
@@ -439,8 +667,8 @@ def test_imagefolder_outputs_and_teacher_follow_the_data_root(tmp_path):
     root = tmp_path / "outputs" / f"imagefolder-{data_root_tag(cohort)}"
     assert f"  output_dir = '{root / 'student'}'  [derived]\n" in result.stderr
     assert f"  teacher_model = '{root / 'teacher'}'  [derived]\n" in result.stderr
-    assert result.returncode == 2
-    assert f"distill_student.py: error: The imagefolder data folder {cohort} (given as data_dir) does not exist." in (
+    assert result.returncode == 2  # its teacher is missing: found before the (missing) data folder
+    assert f"distill_student.py: error: no trained teacher at {root / 'teacher'}: run `python train_teacher.py" in (
         result.stderr
     )
 

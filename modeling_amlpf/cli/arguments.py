@@ -39,6 +39,7 @@ from ..training.resampling import (
     RESAMPLING_MODES,
 )
 from ..utils import CONFIG_DIR
+from .help import HELP_ALL, HelpAllAction, flag_groups, format_config, format_help
 from .launch import (
     available_cpus,
     has_accelerator,
@@ -51,6 +52,8 @@ from .run_files import checkpoint_folders, checkpoint_problem, newest_complete_c
 from .run_lock import LOCK_NAME, describe_holder, in_use_by
 
 OUTPUT_ROOT_ENV = "AMLPF_OUTPUT_DIR"
+# the student of the paper recipes: OpenAI's RN50 CLIP, converted once with `python -m modeling_amlpf.convert`
+DEFAULT_STUDENT = "checkpoints/clip-rn50"
 logger = logging.get_logger(__name__)
 
 TASKS = (*breakhis.TASKS, *lunghist700.TASKS)
@@ -83,7 +86,7 @@ class DataArguments:
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Dataset root. Default: $AMLPF_DATA_DIR/<dataset>, else data/<dataset> (demo: a local cache)."
+            "help": "Dataset root. Default: $AMLPF_DATA_DIR/<dataset>, else data/<dataset>; demo: a cache."
         },
     )
     task: Task | None = field(
@@ -96,7 +99,7 @@ class DataArguments:
     resolution: Resolution | None = field(default=None, metadata={"help": "LungHist700 resolution filter."})
     protocol: Protocol | None = field(
         default=None,
-        metadata={"help": "Chaoyang: 'resplit' (group-disjoint by slide, default) or 'official' (its own test set)."},
+        metadata={"help": "Chaoyang: resplit (group-disjoint by slide) or official (its own test set)."},
     )
     groups_csv: str | None = field(default=None, metadata={"help": "imagefolder: CSV with columns path,group."})
     split_seed: int = field(default=1, metadata={"help": "Seed of the group-disjoint split (1..10 in the paper)."})
@@ -116,7 +119,7 @@ class DataArguments:
     external_cohort: bool = field(
         default=False,
         metadata={"help": "Evaluate a trained model (--do_train False --model_name_or_path DIR) on every image of "
-                          "--data_dir, without a split (e.g. another hospital's cohort)."},
+                          "--data_dir, without a split (another hospital's cohort)."},
     )
     class_map: str | None = field(
         default=None,
@@ -195,7 +198,7 @@ class StudentArguments:
         },
     )
     teacher_model: str | None = field(
-        default=None, metadata={"help": "Trained teacher (dir or Hub id). Default: <output root>/<dataset>/teacher."}
+        default=None, metadata={"help": "Trained teacher (dir or Hub id); with --split_seeds its split_<k> folders."}
     )
     teacher_dtype: TeacherDtype | None = field(
         default=None,
@@ -209,8 +212,8 @@ class StudentArguments:
     train_logit_scale: bool | None = field(
         default=None,
         metadata={
-            "help": "Train CLIP's logit scale too (the paper recipes: true, as the reference). Default: the "
-            "student checkpoint's own setting (frozen for converted and Hugging Face CLIPs)."
+            "help": "Train CLIP's logit scale too, as the reference. Else the student checkpoint's own setting "
+            "(frozen for converted and Hugging Face CLIPs)."
         },
     )
     resampling: Resampling = field(
@@ -265,13 +268,12 @@ class RunArguments:
     )
     lr_schedule: str | None = field(
         default=None,
-        metadata={"help": "Epoch-step learning rates, 1-based epochs: '1:3e-4,2:1e-4,20:5e-5' (the paper's teacher)."},
+        metadata={"help": "Learning rate from each 1-based epoch on, e.g. '1:3e-4,2:1e-4,20:5e-5'."},
     )
     global_train_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Images per optimiser step over all processes and accumulation steps (the paper's batch: "
-                          "24 teacher, 18 student); sets per_device_train_batch_size = global / (processes x "
-                          "gradient_accumulation_steps), which must divide."},
+        metadata={"help": "Images per optimiser step over all processes and accumulation steps (paper: 24 teacher, "
+                          "18 student); per_device_train_batch_size = global / (processes x accumulation steps)."},
     )
     output_root: str | None = field(
         default=None, metadata={"help": "Root of the default output dirs (default $AMLPF_OUTPUT_DIR or outputs)."}
@@ -280,13 +282,18 @@ class RunArguments:
         default=True,
         metadata={
             "help": "Apply --weight_decay to every parameter, biases and norms included, as the reference (False: "
-            "the Trainer's rule, no decay on biases and LayerNorm weights)."
+            "the Trainer's rule)."
         },
     )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into a non-empty --output_dir from scratch. Without it, a checkpoint there is "
                           "resumed and other contents are refused."},
+    )
+    print_config: bool = field(
+        default=False,
+        metadata={"help": "Print the effective settings (recipe, values and their source, folders) and exit "
+                          "without reading data or loading models."},
     )
 
 
@@ -328,6 +335,7 @@ PROTOCOL_DEFAULTS = {
     "logging_nan_inf_filter": False,  # the filter costs a host sync every step
     "restore_callback_states_from_checkpoint": True,  # the resampling state (weights, history) on resume
     "max_grad_norm": 0.0,  # the reference does not clip (TrainingArguments' own default clips at 1.0)
+    "log_level_replica": "error",  # every process meets the same warnings: the main process prints them once
 }
 
 
@@ -456,26 +464,33 @@ CHOICE_TYPES = {
 }
 DATASET_OPTION_FLAGS = ("task", "magnification", "resolution", "protocol", "groups_csv")
 
-USAGE = "%(prog)s --dataset NAME [--config FILE.yaml|none] [--FLAG VALUE ...]   (-h lists every flag)"
+USAGE = "%(prog)s --dataset NAME [--config FILE.yaml|none] [--FLAG VALUE ...] [--print_config]"
 DESCRIPTION = (
     "Values, lowest precedence first: the script's protocol defaults; the recipe (--config FILE.yaml, else "
-    "configs/<dataset>.yaml when it exists; --config none skips it); the flags given here. Defaults that depend "
-    "on the dataset (output folders, teacher, student, Hub repo) fill what is still unset. Every "
-    "transformers.TrainingArguments flag works."
+    "configs/<dataset>.yaml; --config none skips it); the flags given here; folders derived from --dataset."
 )
 
 
 class ScriptArgumentParser(HfArgumentParser):
     """``HfArgumentParser`` whose fixed-choice flags accept any letter case (and dtype aliases), with a short
-    usage line, and whose errors print once per ``accelerate launch`` run (``launch.report_user_error``)."""
+    usage line, a grouped ``-h`` (``cli.help``; ``--help-all`` adds every TrainingArguments flag), and whose
+    errors print once per ``accelerate launch`` run (``launch.report_user_error``)."""
 
-    def __init__(self, dataclass_types, **kwargs):
+    def __init__(self, dataclass_types, section: str = "teacher", derived_help: dict | None = None, **kwargs):
         kwargs.setdefault("usage", USAGE)
         kwargs.setdefault("description", DESCRIPTION)
         super().__init__(dataclass_types, **kwargs)
+        self.section, self.derived_help = section, dict(derived_help or {})
+        self.add_argument(HELP_ALL, action=HelpAllAction, help="every flag, TrainingArguments' included")
         for action in self._actions:  # HfArgumentParser sets `type` itself; ours normalises before `choices`
             if action.dest in CHOICE_TYPES:
                 action.type = CHOICE_TYPES[action.dest]
+
+    def format_help(self, everything: bool = False) -> str:
+        return format_help(self, self.section, self.derived_help, everything=everything)
+
+    def print_help(self, file=None, everything: bool = False):
+        (file or sys.stdout).write(self.format_help(everything=everything))
 
     def error(self, message):
         usage = self.format_usage() if is_main_process() else ""
@@ -527,10 +542,11 @@ def parse_script_args(
     """
     types = (DataArguments, model_arguments, RunArguments, TrainingArguments)
     fields = {f.name for t in types for f in dataclasses.fields(t) if f.init}
-    parser = ScriptArgumentParser(types)
+    parser = ScriptArgumentParser(types, section=section)
     baseline = vars(parser.parse_known_args([])[0])  # the dataclasses' own defaults, as the parser converts them
     script_defaults = {**PROTOCOL_DEFAULTS, **(defaults or {})}
     parser.set_defaults(**script_defaults)
+    parser.derived_help = _derived_help(derived_defaults, {**baseline, **script_defaults})
     sources = _Sources.fromkeys(script_defaults, "script")
     argv = list(sys.argv[1:] if argv is None else argv)
     given = parser.given_flags(argv)  # -h exits here, before anything needs --dataset; bad choices too
@@ -578,6 +594,15 @@ def parse_script_args(
                 f"Gradient clipping is on: max_grad_norm {training_args.max_grad_norm} "
                 f"[{sources.get('max_grad_norm', 'default')}]; the reference does not clip (--max_grad_norm 0)"
             )
+    if run_args.print_config:
+        missing = missing_model_sources(namespace)
+        notes += [f"{flag} {path}: not found (the run would stop there)" for flag, path in missing]
+        if is_main_process():
+            folders = run_folders(namespace, section)
+            groups = flag_groups(parser, section)
+            print(format_config(parser.prog, recipe_note, namespace, sources, folders, notes, groups, baseline),
+                  end="", flush=True)
+        sys.exit(0)
     if is_main_process():
         logger.info(recipe_note)
         for note in notes:
@@ -625,6 +650,108 @@ def _drop_recipe_backbone(recipe: dict, given: dict, notes: list[str]) -> None:
                 f"{' and '.join(chosen)} given: the recipe's {name} ({recipe.pop(name)}) does not apply; "
                 f"pass --{name} to use one with this architecture"
             )
+
+
+def _derived_help(derived_defaults, defaults: dict) -> dict[str, str]:
+    """What the dataset-derived defaults are, for ``-h``: ``derived_defaults`` of an example run with
+    ``<dataset>`` put back in place of the example's name."""
+    example = "lunghist700"
+    probe = argparse.Namespace(**{**defaults, "dataset": example, "push_to_hub": True})
+    shown = {}
+    for name, value in derived_defaults(probe).items():
+        if value:
+            text = str(value).replace(example, "<dataset>")
+            shown[name] = text + (" with --push_to_hub" if name == "hub_model_id" else "")
+    return shown
+
+
+def teacher_folder(ns, split_seed: int) -> str:
+    """The teacher a student run of ``split_seed`` loads: ``<teacher_model>/split_<k>`` when ``--split_seeds``
+    trained one per split there, else ``--teacher_model``."""
+    path = ns.teacher_model
+    if ns.split_seeds and (Path(path) / f"split_{split_seed}").is_dir():
+        return str(Path(path) / f"split_{split_seed}")
+    return path
+
+
+def missing_teachers(ns) -> list[str]:
+    """The local teacher folders a distillation run needs but that hold no trained model (no config.json)."""
+    from ..pretrained.weights import is_local_path
+
+    if not getattr(ns, "teacher_model", None) or not ns.do_train or not ns.kd_weight > 0:
+        return []
+    seeds = parse_seeds(ns.split_seeds) if ns.split_seeds else [ns.split_seed]
+    folders = dict.fromkeys(teacher_folder(ns, seed) for seed in seeds)
+    return [path for path in folders if is_local_path(path) and not (Path(path) / "config.json").is_file()]
+
+
+def missing_model_sources(ns) -> list[tuple[str, str]]:
+    """``(flag, path)`` of each local model folder or file the run would load but that is not there: the teacher
+    of a distillation (per split), the student to start from, ``--model_name_or_path``, ``--teacher_config``,
+    ``--teacher_weights``. Hub ids are not checked (that needs the network)."""
+    from ..pretrained.weights import is_local_path
+
+    missing = [("--teacher_model", path) for path in missing_teachers(ns)]
+    sources = ["model_name_or_path", "teacher_config", "teacher_weights"]
+    if not getattr(ns, "model_name_or_path", None) and ns.do_train:
+        sources.append("student_model")
+    for name in sources:
+        value = getattr(ns, name, None)
+        local = value and (is_local_path(value) or value == DEFAULT_STUDENT)
+        if local and not Path(value).expanduser().exists():
+            missing.append((f"--{name}", value))
+    return missing
+
+
+def check_model_sources(data_args, model_args, training_args) -> None:
+    """Refuse a run whose teacher, student or checkpoint is missing on disk, right after the parse and before any
+    data or model loads (``FileNotFoundError``: one message and exit code 2). The teacher a student needs is the
+    common case: train it first, point at it, or train without distillation."""
+    ns = argparse.Namespace(**vars(data_args), **vars(model_args), do_train=training_args.do_train)
+    problems = []
+    for flag, path in missing_model_sources(ns):
+        if flag == "--teacher_model":
+            problems.append(
+                f"no trained teacher at {path}: run `python train_teacher.py --dataset {data_args.dataset}` with the "
+                "same dataset options and split seed(s) first, or pass --teacher_model PATH_OR_HUB_ID, or "
+                "--kd_weight 0 to train without distillation"
+            )
+        elif flag == "--student_model":
+            problems.append(
+                f"no student model at {path}. Convert OpenAI's RN50 CLIP once with `python -m modeling_amlpf.convert "
+                f"open_clip --checkpoint RN50.pt --model RN50 --output_dir {path}`, or pass --student_model (an HF "
+                "CLIP id such as vinid/plip, a converted dir, or configs/models/student-tiny), or set "
+                "$AMLPF_STUDENT_MODEL"
+            )
+        else:
+            problems.append(f"{flag} {path}: no such file or folder")
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
+
+
+def run_folders(ns: argparse.Namespace, section: str) -> dict[str, str]:
+    """The folders a command reads and writes, as ``--print_config`` shows them (nothing is read)."""
+    from ..data.demo import default_demo_dir
+
+    data_dir = ns.data_dir or default_data_dir(ns.dataset)
+    if ns.dataset == "demo" and not ns.data_dir:
+        data_dir, state = default_demo_dir(), "SYNTHETIC images, generated there on first use"
+    else:
+        state = "exists" if Path(data_dir).is_dir() else "not found"
+    folders = {"data": f"{data_dir} ({state})", "output": ns.output_dir}
+    if ns.resume_from_checkpoint:
+        folders["resume"] = str(ns.resume_from_checkpoint)
+    if section == "student":
+        if ns.do_train and ns.kd_weight > 0:
+            folders["teacher"] = ns.teacher_model + (" (not found)" if missing_teachers(ns) else "")
+        else:
+            folders["teacher"] = "none (no distillation)" if ns.do_train else "none (an evaluation)"
+    model = ns.model_name_or_path or (ns.student_model if section == "student" else None)
+    if section == "teacher" and not model:
+        model = ns.teacher_config or ns.teacher_weights or ns.teacher_backbone or "a new teacher (random init)"
+    missing = {path for _, path in missing_model_sources(ns)}
+    folders[section] = model + (" (not found)" if model in missing else "")
+    return folders
 
 
 def _check_dataset_options(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:

@@ -96,24 +96,42 @@ def report_user_error(message: str) -> None:
     print(f"[rank {process_rank()}] {message}", file=sys.stderr, flush=True)
 
 
+# The loggers of this project (the package and the scripts): INFO on the main process unless --log_level says
+# otherwise, while the libraries keep their own level (transformers: warnings).
+PROJECT_LOGGERS = ("modeling_amlpf", "train_teacher", "distill_student", "predict", "__main__")
+
+
 def setup_logging(training_args=None) -> None:
-    """Log format and levels as in the Hugging Face example scripts: INFO on the main process, warnings only
-    on the other processes (``--log_level``/``--log_level_replica`` once ``training_args`` are known), so each
-    message of an ``accelerate launch`` run appears once. Replicas also silence huggingface_hub's retries."""
+    """Log format and levels of a launch, each message once: the main process logs this project's INFO lines and
+    the libraries' warnings (``--log_level`` sets both); the other processes log errors only
+    (``--log_level_replica``, default error in the scripts' protocol), since every process meets the same warnings;
+    Python warnings go through logging, so they follow the same rule. With ``--disable_tqdm`` no progress bar of
+    transformers (e.g. "Writing model shards"), datasets or huggingface_hub is drawn."""
     import datasets
     import huggingface_hub
     import transformers
 
+    main = is_main_process()
     if training_args is None:
-        level = logging.INFO if is_main_process() else logging.WARNING
+        level = logging.INFO if main else logging.ERROR
+        ours = level
     else:
         level = training_args.get_process_log_level()
+        chosen = training_args.log_level if main else training_args.log_level_replica
+        ours = logging.INFO if main and chosen == "passive" else level
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
     logging.getLogger().setLevel(level)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(ours)
+    logging.captureWarnings(True)
     if training_args is not None:
         transformers.utils.logging.set_verbosity(level)
         datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
-    if not is_main_process():
+        if training_args.disable_tqdm:
+            transformers.utils.logging.disable_progress_bar()
+            huggingface_hub.utils.disable_progress_bars()
+            datasets.disable_progress_bars()
+    if not main:
         huggingface_hub.utils.logging.set_verbosity(logging.ERROR)
 
 

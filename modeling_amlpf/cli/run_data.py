@@ -66,6 +66,63 @@ def load_split(data_args: DataArguments, split_seed: int, *, training: bool = Tr
     return dd
 
 
+def run_data_summary(dd, data_args: DataArguments, model_args, output_dir: str | Path, *, split_seed: int,
+                     training: bool = True) -> str:
+    """What a run reads and writes, as one block: the data folder actually read (a parent folder given as
+    ``--data_dir`` is resolved to the dataset's own), the split, the classes, images per part and class, the
+    teacher and the student (or the model evaluated), and the output folder."""
+    from ..data import read_provenance
+
+    provenance = read_provenance(dd)
+    root = Path(provenance["data_root"])
+    given = data_args.data_dir
+    read = f"{root}" + (f" (given as --data_dir {given})" if given and Path(given).resolve() != root.resolve() else "")
+    if data_args.dataset == "demo":
+        read += " (SYNTHETIC images)"
+    disjoint = f"{provenance['group_kind']}-disjoint" if provenance["group_disjoint"] else "NOT group-disjoint"
+    names = list(dd["test"].features["label"].names)
+    lines = [
+        "Run data and models:",
+        f"  data folder  {read}",
+        f"  dataset      {data_args.run_name()}, split seed {split_seed}: {provenance['split_source']} ({disjoint})",
+        f"  classes      {len(names)}: {', '.join(names)}",
+    ]
+    for part, rows in dd.items():
+        labels = list(rows.with_format(None)["label"]) if len(rows) else []
+        per_class = ", ".join(f"{name} {labels.count(i)}" for i, name in enumerate(names))
+        lines.append(f"  {part:<12} {len(rows)} images: {per_class}")
+    evaluated = getattr(model_args, "model_name_or_path", None)
+    if hasattr(model_args, "student_model"):
+        lines.append(f"  teacher      {_teacher_source(data_args, model_args, split_seed, training)}")
+        lines.append(f"  student      {evaluated or model_args.student_model}")
+    else:
+        new = model_args.teacher_config or "the default ViT-L/16 architecture"
+        weights = model_args.teacher_weights or model_args.teacher_backbone or "random initial weights"
+        lines.append(f"  teacher      {evaluated or f'{new}, backbone from {weights}'}")
+    if evaluated and not training:
+        lines.append(f"  evaluated    {evaluated} (left as it is)")
+    lines.append(f"  output       {output_dir}")
+    return "\n".join(lines)
+
+
+def _teacher_source(data_args: DataArguments, model_args, split_seed: int, training: bool) -> str:
+    """The teacher a student run distils from (its split's folder under --split_seeds), or why there is none."""
+    if not training:
+        return "none (an evaluation)"
+    if model_args.kd_weight <= 0:
+        return "none (--kd_weight 0: no distillation)"
+    path = Path(model_args.teacher_model)
+    if data_args.seeds() and (path / f"split_{split_seed}").is_dir():
+        return str(path / f"split_{split_seed}")
+    return str(model_args.teacher_model)
+
+
+def log_run_data(dd, data_args: DataArguments, model_args, output_dir: str | Path, *, split_seed: int,
+                 training: bool = True) -> None:
+    """Log :func:`run_data_summary` (INFO, main process) before any model is built."""
+    logger.info(run_data_summary(dd, data_args, model_args, output_dir, split_seed=split_seed, training=training))
+
+
 def load_processor(checkpoint: str | None, *fallbacks: str | None):
     """The image processor of a run.
 
