@@ -27,10 +27,13 @@ from transformers.training_args import ParallelMode
 from transformers.utils import logging
 
 from ..data import DATASET_NAMES, data_root_tag, default_data_dir, run_name
+from ..data.cohort import parse_class_map
+from ..data.demo import default_demo_dir
 from ..data.layouts import LAYOUTS, breakhis, chaoyang, lunghist700
 from ..data.loader import BAD_IMAGE_POLICIES
 from ..models.configuration_amlpf import FUSION_MODES
 from ..pretrained.prompts import parse_levels
+from ..pretrained.weights import is_local_path
 from ..training.losses import KD_LOSSES
 from ..training.resampling import (
     DEFAULT_FIRST_EPOCH_SAMPLING,
@@ -676,8 +679,6 @@ def teacher_folder(ns, split_seed: int) -> str:
 
 def missing_teachers(ns) -> list[str]:
     """The local teacher folders a distillation run needs but that hold no trained model (no config.json)."""
-    from ..pretrained.weights import is_local_path
-
     if not getattr(ns, "teacher_model", None) or not ns.do_train or not ns.kd_weight > 0:
         return []
     seeds = parse_seeds(ns.split_seeds) if ns.split_seeds else [ns.split_seed]
@@ -689,8 +690,6 @@ def missing_model_sources(ns) -> list[tuple[str, str]]:
     """``(flag, path)`` of each local model folder or file the run would load but that is not there: the teacher
     of a distillation (per split), the student to start from, ``--model_name_or_path``, ``--teacher_config``,
     ``--teacher_weights``. Hub ids are not checked (that needs the network)."""
-    from ..pretrained.weights import is_local_path
-
     missing = [("--teacher_model", path) for path in missing_teachers(ns)]
     sources = ["model_name_or_path", "teacher_config", "teacher_weights"]
     if not getattr(ns, "model_name_or_path", None) and ns.do_train:
@@ -731,8 +730,6 @@ def check_model_sources(data_args, model_args, training_args) -> None:
 
 def run_folders(ns: argparse.Namespace, section: str) -> dict[str, str]:
     """The folders a command reads and writes, as ``--print_config`` shows them (nothing is read)."""
-    from ..data.demo import default_demo_dir
-
     data_dir = ns.data_dir or default_data_dir(ns.dataset)
     if ns.dataset == "demo" and not ns.data_dir:
         data_dir, state = default_demo_dir(), "SYNTHETIC images, generated there on first use"
@@ -768,8 +765,6 @@ def _check_dataset_options(parser: ScriptArgumentParser, ns: argparse.Namespace)
 
 def _check_values(parser: ScriptArgumentParser, ns: argparse.Namespace) -> None:
     """Values that are not a fixed choice but can still be checked before anything loads."""
-    from ..data.cohort import parse_class_map
-
     try:
         if ns.lr_schedule:
             parse_lr_schedule(ns.lr_schedule)

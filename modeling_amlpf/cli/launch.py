@@ -18,7 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import torch
+import transformers
 
 from ..data import DataLayoutError
 from ..pretrained.weights import HubAccessError, refused_pickle_message
@@ -107,10 +110,6 @@ def setup_logging(training_args=None) -> None:
     (``--log_level_replica``, default error in the scripts' protocol), since every process meets the same warnings;
     Python warnings go through logging, so they follow the same rule. With ``--disable_tqdm`` no progress bar of
     transformers (e.g. "Writing model shards"), datasets or huggingface_hub is drawn."""
-    import datasets
-    import huggingface_hub
-    import transformers
-
     main = is_main_process()
     if training_args is None:
         level = logging.INFO if main else logging.ERROR
@@ -185,7 +184,7 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) 
     launch, see :func:`report_user_error`) and exit code 2, and so does a full disk (the path named, see
     ``run_files.disk_full_message``). ``AMLPF_TRACEBACK=1`` re-raises them with their traceback. A worker of a
     launcher stops when the launcher dies (:func:`start_launcher_watchdog`)."""
-    from .run_files import disk_full_message
+    from .run_files import disk_full_message  # local: run_lock imports this module
     from .run_lock import held_folder, release_all
 
     argv = sys.argv[1:] if argv is None else argv

@@ -7,8 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import AutoConfig
 from transformers.utils import logging
 
+from ..data import compare_with_training_split, export_split, load_histo_dataset, read_provenance
+from ..data.cohort import map_class_names, parse_class_map, relabel_to_model_classes
+from ..data.loader import EXTERNAL_COHORT_HINT
+from ..data.split_files import LEAK, OTHER_DATA
+from ..models.image_processing_amlpf import AmlpfImageProcessor
+from ..pretrained.weights import is_local_path
 from .arguments import DataArguments
 from .launch import UserError
 
@@ -29,9 +36,6 @@ def load_split(data_args: DataArguments, split_seed: int, *, training: bool = Tr
 
     Training needs non-empty train and validation parts; an evaluation only a non-empty test part.
     """
-    from ..data import load_histo_dataset
-    from ..data.loader import EXTERNAL_COHORT_HINT
-
     external = bool(data_args.external_cohort)
     if external and training:
         raise RunDataError(
@@ -71,8 +75,6 @@ def run_data_summary(dd, data_args: DataArguments, model_args, output_dir: str |
     """What a run reads and writes, as one block: the data folder actually read (a parent folder given as
     ``--data_dir`` is resolved to the dataset's own), the split, the classes, images per part and class, the
     teacher and the student (or the model evaluated), and the output folder."""
-    from ..data import read_provenance
-
     provenance = read_provenance(dd)
     root = Path(provenance["data_root"])
     given = data_args.data_dir
@@ -131,9 +133,6 @@ def load_processor(checkpoint: str | None, *fallbacks: str | None):
     ``preprocessor_config.json`` is refused rather than evaluated with default views. Without a checkpoint: the
     processor saved with the first of ``fallbacks`` (preset or base model dir) that has one, else the paper's
     views."""
-    from ..models.image_processing_amlpf import AmlpfImageProcessor
-    from ..pretrained.weights import is_local_path
-
     if checkpoint:
         config = Path(checkpoint) / PREPROCESSOR_FILE
         if is_local_path(checkpoint) and not config.is_file():
@@ -158,8 +157,6 @@ def load_processor(checkpoint: str | None, *fallbacks: str | None):
 
 def export_run_split(dd, output_dir: str | Path) -> Path:
     """Write the run's exact split beside its model (``split.json``, publishable, reloadable with --split_file)."""
-    from ..data import export_split
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return Path(export_split(dd, output_dir / SPLIT_FILE))
@@ -168,8 +165,6 @@ def export_run_split(dd, output_dir: str | Path) -> Path:
 def check_teacher_split(teacher_dir: str | Path, dd) -> None:
     """Refuse a teacher trained on other data, or on images of this split's test part (a leak through the
     teacher); images are compared by content fingerprint (``data.compare_with_training_split``)."""
-    from ..data import compare_with_training_split
-
     path = Path(teacher_dir) / SPLIT_FILE
     if not path.is_file():
         logger.warning(f"{path} not found: cannot check that the teacher never saw this split's test images")
@@ -183,9 +178,6 @@ def check_evaluated_checkpoint(model_dir: str | Path, dd, *, external_cohort: bo
     """Before evaluating a checkpoint: refuse test images it was trained or selected on (its ``split.json``);
     when it was trained on other data, say that a generated split evaluates only part of this data. Returns
     the relation to the training data, for the evaluation summary (None without a split.json)."""
-    from ..data import compare_with_training_split
-    from ..data.split_files import LEAK, OTHER_DATA
-
     path = Path(model_dir) / SPLIT_FILE
     if not path.is_file():
         logger.warning(
@@ -224,8 +216,6 @@ def match_model_classes(dd, model_classes: list[str], class_map=None, *, model_s
     ``class_map`` (see ``cohort.parse_class_map``). Data classes the model lacks raise; model classes absent from
     the data are logged (metrics over the present classes). ``facts``: ``class_map`` (data name -> model name,
     where they differ) and ``classes_absent_from_data``."""
-    from ..data.cohort import map_class_names, parse_class_map, relabel_to_model_classes
-
     data_classes = list(dd["test"].features["label"].names)
     try:
         mapping = parse_class_map(class_map)
@@ -251,7 +241,5 @@ def match_model_classes(dd, model_classes: list[str], class_map=None, *, model_s
 
 def model_class_names(model_name_or_path: str) -> list[str]:
     """The classes of a saved model in label order (its config's ``id2label``), without loading its weights."""
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(model_name_or_path)
     return [str(config.id2label[i]) for i in range(config.num_labels)]

@@ -20,6 +20,7 @@ from pathlib import Path
 from datasets import ClassLabel, DatasetDict
 
 from .class_names import normalize_class_name, normalize_class_names
+import yaml
 
 CLASS_MAP_SUFFIXES = (".yaml", ".yml", ".json")
 CLASS_MAP_HINT = (
@@ -74,8 +75,6 @@ def _read_map_file(path: Path) -> list[tuple[str, str]]:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
     except Exception as error:  # json.JSONDecodeError, yaml.YAMLError: both carry the line
         raise ValueError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {error}") from None

@@ -18,7 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import json_safe
+from ..data import data_root_tag, read_provenance, run_name
+from ..pretrained.weights import is_local_path
+from ..utils import UserError
+from .metrics import compute_classification_metrics, confusion_matrix_title, json_safe
+from .metrics.reporting import (
+    flatten_metrics,
+    plot_confusion_matrix,
+    render_metrics_table,
+    render_summary_markdown,
+    summarize_splits,
+)
 
 EVALUATION_PREFIX = "eval-"
 SUMMARY_JSON = "evaluation.json"
@@ -53,9 +63,6 @@ def score_split(
     matrix (PNG titled with the model and split, counts as JSON); save ``<prefix>_results.json`` (and add them
     to ``all_results.json``). Returns the flat ``<prefix>_*`` metrics and the full metrics (confusion matrix,
     per-class recall, note)."""
-    from .metrics import compute_classification_metrics, confusion_matrix_title
-    from .metrics.reporting import flatten_metrics, plot_confusion_matrix
-
     # The full metrics (with the confusion matrix) are computed once below, not also by the Trainer's hook.
     compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None
     try:
@@ -98,8 +105,6 @@ def write_splits_summary(
     """Mean ± sample std over splits of the un-prefixed test metrics ``per_split[seed]``; writes
     ``splits_summary.json`` (strict JSON) and ``splits_summary.md`` under ``root`` (when ``write``) and prints
     the table."""
-    from .metrics.reporting import render_summary_markdown, summarize_splits
-
     summary = summarize_splits(per_split)
     if write:
         root = Path(root)
@@ -114,8 +119,6 @@ def write_splits_summary(
 def evaluation_name(data_args) -> str:
     """``eval-<dataset run name>``, plus the data folder's tag when ``--data_dir`` names one (two cohorts of one
     dataset type never share an evaluation folder)."""
-    from ..data import data_root_tag, run_name
-
     name = EVALUATION_PREFIX + run_name(data_args)
     data_dir = getattr(data_args, "data_dir", None)
     return f"{name}-{data_root_tag(data_dir)}" if data_dir else name
@@ -124,8 +127,6 @@ def evaluation_name(data_args) -> str:
 def default_evaluation_dir(model_name_or_path: str, data_args, output_root: str | Path = "outputs") -> str:
     """Where an evaluation-only run writes by default: ``<model dir>/eval-<data>`` for a local checkpoint,
     ``<output root>/eval-<data>/<org>--<name>`` for a Hub id."""
-    from ..pretrained.weights import is_local_path
-
     name = evaluation_name(data_args)
     if is_local_path(model_name_or_path):
         return str(Path(model_name_or_path) / name)
@@ -142,8 +143,6 @@ def evaluation_output_dir(output_dir: str | Path, model_name_or_path: str | None
         if output_dir.resolve() == model_dir.resolve():
             return model_dir / evaluation_name(data_args)
     if (output_dir / "config.json").is_file():
-        from ..utils import UserError
-
         raise UserError(
             f"--output_dir {output_dir} holds a trained checkpoint (config.json): an evaluation would overwrite its "
             "results. Pass another --output_dir"
@@ -164,8 +163,6 @@ def json_values(metrics: Mapping):
 def write_evaluation_summary(output_dir: str | Path, summary: Mapping, full_metrics: Mapping | None = None) -> Path:
     """``evaluation.json`` (the facts of an evaluation-only run: model, data, classes, prompts, metrics,
     confusion matrix) and ``evaluation.md`` (the same for a reader); returns the markdown's path."""
-    from .metrics.reporting import render_metrics_table
-
     output_dir = Path(output_dir)
     record = dict(summary)
     if full_metrics is not None:
@@ -215,8 +212,6 @@ def write_evaluation_summary(output_dir: str | Path, summary: Mapping, full_metr
 def evaluation_facts(model_kind: str, model: str, data_args, dd, relation: str | None, class_facts: Mapping) -> dict:
     """The facts of an evaluation-only run for ``write_evaluation_summary``: which model, which data (folder,
     options, split source and sizes), its relation to the model's training data, and the class matching."""
-    from ..data import read_provenance
-
     provenance = read_provenance(dd)
     return {
         "model_kind": model_kind,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models.byobnet import ByoBlockCfg
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection, PreTrainedModel
@@ -114,8 +115,6 @@ def create_timm_model(name: str, model_kwargs: dict | None = None, **overrides) 
     longer match) and its ``num_classes=0`` drops the CLIP ResNet's attention-pool projection the student needs."""
     kwargs = dict(model_kwargs or {})
     if isinstance(kwargs.get("blocks"), (list, tuple)) and kwargs["blocks"] and isinstance(kwargs["blocks"][0], dict):
-        from timm.models.byobnet import ByoBlockCfg
-
         kwargs["blocks"] = tuple(ByoBlockCfg(**block) for block in kwargs["blocks"])
     for key in ("stem_chs", "img_size"):
         if isinstance(kwargs.get(key), list):

@@ -32,6 +32,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from timm.models.byobnet import checkpoint_filter_fn
 from transformers import CLIPTokenizer
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import logging
@@ -234,8 +235,6 @@ def convert_text_state_dict(
 
 def convert_visual_state_dict(state_dict: dict[str, torch.Tensor], timm_model) -> dict[str, torch.Tensor]:
     """``visual.*`` keys -> the timm ``resnet*_clip`` layout, with timm's own OpenAI-CLIP checkpoint filter."""
-    from timm.models.byobnet import checkpoint_filter_fn
-
     if "visual.conv1.weight" not in state_dict:
         raise ValueError("the checkpoint has no 'visual.conv1.weight': not an OpenAI/open_clip ResNet CLIP")
     return checkpoint_filter_fn(state_dict, timm_model)

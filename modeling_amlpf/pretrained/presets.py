@@ -13,11 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
 from tokenizers import pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
+from ..data import DEMO_CLASS_NAMES
 from ..models.configuration_amlpf import AmlpfClipConfig, AmlpfTeacherConfig
 from ..models.image_processing_amlpf import AmlpfImageProcessor
+from ..models.modeling_amlpf import AmlpfClipForImageClassification
+from .prompts import load_prompts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -57,8 +61,6 @@ enlarged hyperchromatic pleomorphic elongated crowded stratified round oval regu
 
 
 def _prompt_corpus() -> list[str]:
-    import yaml
-
     texts = [_BASE_CORPUS]
     for path in sorted((REPO_ROOT / "configs" / "prompts").glob("*.yaml")):
         data = yaml.safe_load(path.read_text())
@@ -105,9 +107,6 @@ def tiny_student_config(tokenizer: CLIPTokenizer, class_names: list[str]) -> Aml
 
 def write_tiny_presets(output_dir: str | Path) -> tuple[Path, Path]:
     """Write ``teacher-tiny`` and ``student-tiny`` for the (synthetic) demo classes and their prompts."""
-    from ..models.modeling_amlpf import AmlpfClipForImageClassification
-    from .prompts import load_prompts
-
     output_dir = Path(output_dir)
     demo = load_prompts("demo")
     class_names = demo_class_names()
@@ -141,8 +140,6 @@ def _strip_remote_code(folder: Path) -> None:
 
 
 def demo_class_names() -> list[str]:
-    from ..data import DEMO_CLASS_NAMES
-
     return list(DEMO_CLASS_NAMES)
 
 

@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import yaml
 from transformers.utils import logging
 
 from ..models.configuration_amlpf import PROMPT_LEVELS  # one definition for models and prompts
@@ -74,8 +75,6 @@ def _read_mapping(path: Path) -> dict:
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
     except ValueError as error:  # json.JSONDecodeError
         raise ValueError(f"{path} is not valid JSON: {error}") from None

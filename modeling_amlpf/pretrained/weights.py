@@ -33,7 +33,9 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
+from timm.models import load_state_dict
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel
+from transformers.initialization import no_init_weights
 from transformers.utils import logging
 
 from ..models.configuration_amlpf import PROMPT_LEVELS, AmlpfClipConfig
@@ -49,6 +51,7 @@ WEIGHT_SUFFIXES = STATE_DICT_SUFFIXES + (".safetensors",)
 WEIGHT_FILE_NAMES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
 )
+
 WRAPPER_KEYS = ("state_dict", "model")
 STRIPPED_PREFIXES = ("module.", "backbone.")
 UNI_REPO_PAGE = "https://huggingface.co/MahmoodLab/UNI"
@@ -209,8 +212,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file safely with timm's reader: ``.safetensors``, or a ``torch.save``d state dict loaded with
     ``weights_only=True`` (timm unwraps ``state_dict``/``model`` and strips ``module.``); then only tensors may be
     left."""
-    from timm.models import load_state_dict
-
     path = Path(path).expanduser()
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"{path}: unknown weights format; expected one of {list(WEIGHT_SUFFIXES)}")
@@ -267,10 +268,6 @@ def load_matching_state_dict(module: torch.nn.Module, state_dict: dict, *, origi
 def build_without_init(model_class, config):
     """Construct a model whose every weight is overwritten next: skipping random init saves seconds per model.
     Callers must load all parameters strictly afterwards."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers: just initialise
-        no_init_weights = contextlib.nullcontext
     with no_init_weights():
         return model_class(config)
 

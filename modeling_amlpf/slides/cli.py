@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from transformers.hf_argparser import string_to_bool
 
 from ..utils import UserError
+from .wsinfer_export import export_wsinfer, push_wsinfer_export
 
 COMMANDS = ("wsinfer",)
 # boolean flags as the training scripts take them (HfArgumentParser): `--push_to_hub` or `--push_to_hub True`
@@ -46,10 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pathlib import Path
-
-    from .wsinfer_export import export_wsinfer, push_wsinfer_export
-
     hub_model_id = args.hub_model_id or (Path(args.output_dir).resolve().name if args.push_to_hub else None)
     try:
         result = export_wsinfer(

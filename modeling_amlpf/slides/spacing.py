@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..data.index import join_relative
 from ..utils import UserError
 
 SPLIT_FILE = "split.json"
@@ -97,8 +98,6 @@ def resolve_spacing(spacing_um_px: float | None, split_info: dict | None) -> tup
 
 def training_image_sizes(split_info: dict, part: str = "train") -> collections.Counter:
     """Counter of (width, height) of the images of one part of a split file (headers only, nothing decoded)."""
-    from ..data.index import join_relative
-
     root = split_info.get("data_root")
     if not root or not os.path.isdir(root):
         raise FileNotFoundError(f"the data root {root!r} of the split file is not a folder here")

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import HfApi
 from torch import nn
 
+from ..evaluation.prediction import PredictionInputError, load_model_and_processor
 from ..utils import UserError
+from .model_card import wsinfer_model_card
 from .spacing import read_split_info, resolve_patch_size, resolve_spacing
 from .tile_views import TileViews
 
@@ -142,8 +145,6 @@ def trace_module(model, processor, patch_size: int) -> tuple[torch.jit.ScriptMod
 
 def load_checkpoint(model_dir: str, trust_remote_code: bool = False):
     """The model (eval mode, CPU, float32) and its `AmlpfImageProcessor`, as `predict.py` loads them."""
-    from ..evaluation.prediction import PredictionInputError, load_model_and_processor
-
     try:
         model, processor = load_model_and_processor(model_dir, trust_remote_code=trust_remote_code)
     except PredictionInputError as error:
@@ -190,8 +191,6 @@ def export_wsinfer(
     config = wsinfer_config(model, processor, patch_size, spacing)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     result = WsinferExport(out, config, spacing_source, patch_source, difference)
-    from .model_card import wsinfer_model_card
-
     (out / CARD_FILE).write_text(
         wsinfer_model_card(result, model_dir, processor, hub_model_id=hub_model_id), encoding="utf-8"
     )
@@ -202,8 +201,6 @@ def export_wsinfer(
 def push_wsinfer_export(folder: str | os.PathLike, repo_id: str, private: bool | None = None, token=None,
                         api=None) -> str:
     """Upload the WSInfer layout (config.json, torchscript_model.pt, README.md) to a Hub model repository."""
-    from huggingface_hub import HfApi
-
     api = api or HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(

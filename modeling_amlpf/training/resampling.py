@@ -53,12 +53,14 @@ import os
 from collections.abc import Mapping, Sequence
 
 import torch
+from accelerate.utils import gather, pad_across_processes
 from torch.utils.data import Sampler, WeightedRandomSampler
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
 from ..utils import UserError, json_safe
+from .views import DrawIndexedSampler, TrainingViews
 
 RESAMPLING_MODES = ("none", "difficulty", "difficulty_inverse_frequency")
 # Each class's share of an epoch is at least DEFAULT_MIN_CLASS_SHARE / K (K classes with training samples).
@@ -370,8 +372,6 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
         """The sampler the Trainer's DataLoader draws ``train_dataset`` with: the ``ClassBalancedSampler``
         (built once), wrapped in ``DrawIndexedSampler`` for training views, so that a row drawn twice in an
         epoch gets new views each time, as in the reference."""
-        from .views import DrawIndexedSampler, TrainingViews
-
         labels = _dataset_labels(train_dataset)
         if self.sampler is None or len(self.sampler.labels) != len(labels):
             self.sampler = ClassBalancedSampler(
@@ -417,8 +417,6 @@ class ClassBalancedResampling(TrainerCallback, ExportableState):
         local = torch.cat(self._local) if self._local else torch.zeros((0, 2), device=args.device)
         self._local = []
         if args.world_size > 1:
-            from accelerate.utils import gather, pad_across_processes
-
             local = pad_across_processes(local.to(args.device), dim=0, pad_index=-1)
             local = gather(local)
             local = local[local[:, 0] >= 0]

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..models.modeling_amlpf import aggregate_view_logits
 
@@ -311,8 +313,6 @@ class TeacherLogitCache:
     # ------------------------------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, fingerprint: dict[str, str]) -> Path:
         """Write every entry (keys, float32 logits) to a safetensors file with ``fingerprint`` in its metadata."""
-        from safetensors.torch import save_file
-
         keys, rows = self._index.items()
         logits = self._store[torch.from_numpy(rows).to(self._store.device)] if self._store is not None else None
         tensors = {
@@ -335,8 +335,6 @@ class TeacherLogitCache:
     ) -> TeacherLogitCache:
         """A cache holding the entries of one or several saved files (e.g. one per rank), after checking that
         each was made for the same ``fingerprint`` (``cache_fingerprint``); ``max_bytes`` applies as usual."""
-        from safetensors import safe_open
-
         cache = cls(max_bytes=max_bytes, device=device)
         for path in [paths] if isinstance(paths, (str, os.PathLike)) else list(paths):
             with safe_open(str(path), framework="pt") as handle:

@@ -28,6 +28,9 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
+from ..models.image_processing_amlpf import AmlpfImageProcessor
+from ..pretrained.weights import is_local_path
+
 logger = logging.get_logger(__name__)
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -107,9 +110,6 @@ def teacher_input_map(
 def load_teacher_processor(teacher_path: str | os.PathLike):
     """The image processor saved with the teacher (``<teacher>/preprocessor_config.json``, as ``train_teacher.py``
     writes it; a Hub teacher's from its repository), or None with a warning when it has none to compare."""
-    from ..models.image_processing_amlpf import AmlpfImageProcessor
-    from ..pretrained.weights import is_local_path
-
     path = str(teacher_path)
     if is_local_path(path):
         if not (Path(path) / PREPROCESSOR_FILE).is_file():

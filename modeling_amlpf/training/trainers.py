@@ -37,8 +37,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, default_data_collator
 from transformers.utils import logging
 
+from ..data.class_names import check_class_names
 from ..utils import UserError
 from .losses import KD_LOSSES, distillation_loss
+from .resampling import ClassBalancedResampling
+from .teacher_inputs import teacher_input_map
 from .views import SAMPLE_INDEX, VIEW_GEOMETRY
 
 logger = logging.get_logger(__name__)
@@ -142,8 +145,6 @@ class AmlpfTrainer(Trainer):
         return self.lr_scheduler
 
     def _get_train_sampler(self, train_dataset=None):
-        from .resampling import ClassBalancedResampling
-
         callbacks = self.callback_handler.callbacks
         callback = next((cb for cb in callbacks if isinstance(cb, ClassBalancedResampling)), None)
         if callback is None:
@@ -191,8 +192,6 @@ class DistillationTrainer(AmlpfTrainer):
         self.teacher = None
         self.teacher_cache = teacher_cache
         if teacher_model is not None and self.kd_weight > 0:
-            from ..data.class_names import check_class_names
-
             config = teacher_model.config
             check_class_names(
                 [config.id2label[i] for i in range(config.num_labels)],
@@ -207,8 +206,6 @@ class DistillationTrainer(AmlpfTrainer):
         if self.teacher is not None and teacher_processor is not None:
             if self.processing_class is None:
                 raise ValueError("teacher_processor is compared with the student's: pass processing_class too")
-            from .teacher_inputs import teacher_input_map
-
             input_map = teacher_input_map(self.processing_class, teacher_processor)
             self.teacher_input_map = input_map.to(self.args.device) if input_map is not None else None
         self._loss_parts: dict[str, list[torch.Tensor]] = {"ce_loss": [], "kd_loss": []}
