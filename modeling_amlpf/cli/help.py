@@ -81,7 +81,7 @@ def recipe_files() -> dict[str, Path]:
 
 def recipe_keys(section: str) -> dict[str, list[str]]:
     """For each flag set by some recipe (top level or this script's section): the recipes that set it."""
-    from .arguments import read_config
+    from .arguments import read_config  # local: arguments imports this module
 
     keys: dict[str, list[str]] = {}
     for name, path in recipe_files().items():
