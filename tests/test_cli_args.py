@@ -25,7 +25,7 @@ from transformers import TrainingArguments
 
 import distill_student
 import train_teacher
-from modeling_amlpf.cli import arguments
+from modeling_amlpf.cli import arguments, protocol
 from modeling_amlpf.cli.arguments import parse_script_args
 from modeling_amlpf.cli.launch import has_accelerator
 from modeling_amlpf.data import data_root_tag
@@ -284,7 +284,9 @@ def test_help_shows_the_defaults_a_dataset_run_uses(outputs, capsys, tmp_path):
     assert entries["--num_train_epochs"].endswith(f"[recipe; else {defaults['num_train_epochs']}]")
     assert entries["--learning_rate"].endswith(f"[recipe; else {defaults['learning_rate']}]")
     assert "max_grad_norm" not in recipes["demo"] and recipes["lunghist700"]["max_grad_norm"] == 0.0
-    assert entries["--max_grad_norm"].endswith(f"[paper recipes; else {defaults['max_grad_norm']}]")
+    # the scripts' own default, not TrainingArguments' clipping at 1.0: no default clips silently
+    assert arguments.PROTOCOL_DEFAULTS["max_grad_norm"] == 0.0 != defaults["max_grad_norm"]
+    assert entries["--max_grad_norm"].endswith("[paper recipes; else 0.0]")
     assert entries["--output_dir"].endswith(f"[default: {outputs}/<dataset>/student]")  # $AMLPF_OUTPUT_DIR
     assert entries["--teacher_model"].endswith(f"[default: {outputs}/<dataset>/teacher]")
     # what "[default: X]" promises is what a run without a recipe gets
@@ -309,7 +311,7 @@ def refuse(*args, **kwargs):
 
 
 def test_print_config_prints_the_effective_settings_without_reading_data_or_models(outputs, monkeypatch, capsys):
-    monkeypatch.setattr(distill_student, "load_split", refuse)
+    monkeypatch.setattr(protocol, "load_split", refuse)
     monkeypatch.setattr(distill_student, "load_student", refuse)
     monkeypatch.setattr(distill_student.AutoModel, "from_pretrained", refuse)
     data = outputs.parent / "data"
@@ -345,7 +347,7 @@ def test_print_config_runs_as_a_command_without_the_data_folder(tmp_path):
 
 def test_a_missing_teacher_or_student_is_refused_before_any_data_loads(outputs, monkeypatch, tmp_path):
     """The missing teacher used to be found after the data loaded and the student was built."""
-    monkeypatch.setattr(distill_student, "load_split", refuse)
+    monkeypatch.setattr(protocol, "load_split", refuse)
     teacher = outputs / "lunghist700" / "teacher"
     with pytest.raises(FileNotFoundError, match=f"no trained teacher at {teacher}: run `python train_teacher.py "
                                                 "--dataset lunghist700`"):

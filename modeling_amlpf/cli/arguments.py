@@ -205,8 +205,8 @@ class StudentArguments:
     )
     teacher_dtype: TeacherDtype | None = field(
         default=None,
-        metadata={"help": "Load the frozen teacher in this dtype to halve its memory on GPUs: bfloat16 (bf16), "
-                          "float16 (fp16, half) or float32 (fp32, float)."},
+        metadata={"help": "The frozen teacher's dtype (half its memory on GPUs): bfloat16/bf16, float16/fp16/half, "
+                          "float32/fp32."},
     )
     fusion: Fusion | None = field(default=None, metadata={"help": "Prompt-level fusion: learned (paper) or softmax."})
     prompt_levels: str | None = field(
@@ -227,16 +227,14 @@ class StudentArguments:
     min_class_share: float = field(
         default=DEFAULT_MIN_CLASS_SHARE,
         metadata={
-            "help": "Each class keeps at least min_class_share / K of an epoch's draws (K classes), so a class is "
-            "never starved; 0 restores the reference formula exactly, and training stops when a class gets no "
-            "draw in an epoch (where the reference's sampler fails)."
+            "help": "Each of K classes gets at least min_class_share / K of an epoch's draws; 0: the reference "
+            "formula, stopping where it fails (a class without draws)."
         },
     )
     first_epoch_sampling: FirstEpochSampling = field(
         default=DEFAULT_FIRST_EPOCH_SAMPLING,
         metadata={
-            "help": "Resampling's first epoch, before any class weights: replacement (N uniform draws with "
-            "replacement, as the reference: about 63% of the rows, some twice) or permutation (every row once)."
+            "help": "Resampling's first epoch: replacement (N uniform draws, as the reference) or permutation."
         },
     )
     kd_loss: KdLoss = field(
@@ -249,7 +247,7 @@ class StudentArguments:
     teacher_cache: bool = field(
         default=True,
         metadata={
-            "help": "Reuse the frozen teacher's logits of training views it has seen (exact; distillation only)."
+            "help": "Reuse the frozen teacher's logits of views it has seen (exact; distillation only)."
         },
     )
     teacher_cache_max_mb: float | None = field(
@@ -276,7 +274,7 @@ class RunArguments:
     global_train_batch_size: int | None = field(
         default=None,
         metadata={"help": "Images per optimiser step over all processes and accumulation steps (paper: 24 teacher, "
-                          "18 student); per_device_train_batch_size = global / (processes x accumulation steps)."},
+                          "18 student)."},
     )
     output_root: str | None = field(
         default=None, metadata={"help": "Root of the default output dirs (default $AMLPF_OUTPUT_DIR or outputs)."}

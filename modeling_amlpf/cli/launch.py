@@ -130,6 +130,10 @@ def setup_logging(training_args=None) -> None:
             transformers.utils.logging.disable_progress_bar()
             huggingface_hub.utils.disable_progress_bars()
             datasets.disable_progress_bars()
+        else:  # a run in the same process after one with --disable_tqdm draws its bars again
+            transformers.utils.logging.enable_progress_bar()
+            huggingface_hub.utils.enable_progress_bars()
+            datasets.enable_progress_bars()
     if not main:
         huggingface_hub.utils.logging.set_verbosity(logging.ERROR)
 
