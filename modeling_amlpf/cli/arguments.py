@@ -205,8 +205,7 @@ class StudentArguments:
     )
     teacher_dtype: TeacherDtype | None = field(
         default=None,
-        metadata={"help": "The frozen teacher's dtype (half its memory on GPUs): bfloat16/bf16, float16/fp16/half, "
-                          "float32/fp32."},
+        metadata={"help": "Frozen teacher's dtype (halves its GPU memory): bfloat16/bf16, float16/fp16, float32."},
     )
     fusion: Fusion | None = field(default=None, metadata={"help": "Prompt-level fusion: learned (paper) or softmax."})
     prompt_levels: str | None = field(
