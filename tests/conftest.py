@@ -60,6 +60,20 @@ def tiny_student():
     return model, AutoTokenizer.from_pretrained(STUDENT_TINY)
 
 
+# The first lines of a script run in a child process "as if amlpf were not installed": importing the package
+# fails, so checkpoints must load through their own remote code.
+HIDE_PACKAGE = """
+import importlib.abc, sys
+
+class HidePackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "modeling_amlpf" or name.startswith("modeling_amlpf."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, HidePackage())
+"""
+
+
 def free_port() -> int:
     """A TCP port free right now, for `accelerate launch --main_process_port` (a fixed port can be taken)."""
     with socket.socket() as sock:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import HIDE_PACKAGE
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
@@ -554,16 +555,9 @@ def test_checkpoint_copy_loads_with_trust_remote_code_without_the_package(tmp_pa
     Image.fromarray(smooth_image(70, 110)).save(path, quality=95, exif=exif.tobytes())
     expected = processor(str(path))["pixel_values"].numpy()
     np.save(tmp_path / "expected.npy", expected)
-    script = textwrap.dedent(
+    script = HIDE_PACKAGE + textwrap.dedent(
         f"""
-        import importlib.abc, sys
-
-        class HidePackage(importlib.abc.MetaPathFinder):  # as if amlpf were not installed
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_amlpf" or name.startswith("modeling_amlpf."):
-                    raise ModuleNotFoundError(f"No module named {{name!r}}")
-
-        sys.meta_path.insert(0, HidePackage())
+        import sys
         import numpy as np
         from transformers import AutoImageProcessor
         loaded = AutoImageProcessor.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)

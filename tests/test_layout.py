@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HIDE_PACKAGE
 from safetensors.torch import load_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,16 +110,9 @@ def test_checkpoint_saved_before_the_layout_loads_and_predicts_the_same(kind):
 def test_checkpoint_saved_before_the_layout_loads_as_remote_code(tmp_path):
     """With ``trust_remote_code`` and without the package, the checkpoint's own (flat-layout) files define the
     model, and it gives the logits it gave when it was saved."""
-    script = textwrap.dedent(
+    script = HIDE_PACKAGE + textwrap.dedent(
         f"""
-        import importlib.abc, json, sys
-
-        class HidePackage(importlib.abc.MetaPathFinder):  # as if amlpf were not installed
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_amlpf" or name.startswith("modeling_amlpf."):
-                    raise ModuleNotFoundError(f"No module named {{name!r}}")
-
-        sys.meta_path.insert(0, HidePackage())
+        import json
         import torch
         from safetensors.torch import load_file
         from transformers import AutoImageProcessor, AutoModelForImageClassification

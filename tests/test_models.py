@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import STUDENT_TINY, TEACHER_TINY
+from conftest import HIDE_PACKAGE, STUDENT_TINY, TEACHER_TINY
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
@@ -239,16 +239,9 @@ def test_trust_remote_code_load_without_the_package(tmp_path, tiny_teacher, tiny
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 170, 3), dtype=np.uint8))
     image.save(tmp_path / "x.png")
     expected = model(**processor(image, return_tensors="pt")).logits
-    script = textwrap.dedent(
+    script = HIDE_PACKAGE + textwrap.dedent(
         f"""
-        import importlib.abc, sys
-
-        class HidePackage(importlib.abc.MetaPathFinder):  # as if amlpf were not installed
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_amlpf" or name.startswith("modeling_amlpf."):
-                    raise ModuleNotFoundError(f"No module named {{name!r}}")
-
-        sys.meta_path.insert(0, HidePackage())
+        import sys
         try:
             import modeling_amlpf
             raise SystemExit("package still importable")
