@@ -409,7 +409,7 @@ def test_refused_teacher_weights_end_the_training_script_with_one_line_and_exit_
          str(tmp_path / "out"), "--use_cpu", "True"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line or "Error" in line]
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and len(errors) == 1
     assert errors[0].startswith("train_teacher.py: error: ") and f"{weights} is not a plain state dict" in errors[0]

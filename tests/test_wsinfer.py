@@ -307,10 +307,10 @@ class FakeHub:
 
 
 def test_push_to_hub_uploads_the_wsinfer_layout(checkpoints, tmp_path, monkeypatch):
-    import huggingface_hub
+    from modeling_amlpf.slides import wsinfer_export
 
     hub = FakeHub(tmp_path / "hub")
-    monkeypatch.setattr(huggingface_hub, "HfApi", lambda **kwargs: hub)
+    monkeypatch.setattr(wsinfer_export, "HfApi", lambda **kwargs: hub)
     out = tmp_path / "export"
     (out).mkdir()
     (out / "notes.txt").write_text("not part of the WSInfer layout")
