@@ -168,6 +168,7 @@ def test_a_tiny_random_init_preset_is_called_that_and_carries_no_uni_terms(tmp_p
     text = render_model_card(_facts(kind="teacher", teacher=None, base_model=None, hub_model_id=None), model=teacher)
     title = next(line for line in text.splitlines() if line.startswith("# "))
     assert "tiny random-init test preset (3-layer ViT, width 64), not UNI" in title
+    assert "> **Tiny random-init test preset (3-layer ViT, width 64), not UNI**: a few-layer model" in text
     assert "UNI-style" not in text and "MahmoodLab" not in text and "UNI (MahmoodLab)" not in text
     metadata = _metadata(text)
     assert "tiny-test-preset" in metadata["tags"] and metadata.get("license_link") is None

@@ -335,9 +335,9 @@ def model_card(facts: ModelCardFacts, model=None) -> ModelCard:
     lines = [f"# {card_title(kind, model)} · {_dataset_title(facts.dataset)}", ""]
     if identity is not None and identity.test_preset:
         lines += [
-            f"> **Tiny random-init test preset** ({identity.description}): a few-layer model trained from random "
-            "weights to exercise the pipeline. Its numbers say nothing about AMLPF-CLIP with the paper's backbones "
-            "(a UNI ViT-L/16 teacher, an OpenAI CLIP RN50 student); do not use it on real data.",
+            f"> **{identity.description[:1].upper()}{identity.description[1:]}**: a few-layer model trained from "
+            "random weights to exercise the pipeline. Its numbers say nothing about AMLPF-CLIP with the paper's "
+            "backbones (a UNI ViT-L/16 teacher, an OpenAI CLIP RN50 student); do not use it on real data.",
             "",
         ]
     if facts.synthetic:
