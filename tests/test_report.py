@@ -472,6 +472,16 @@ def test_report_over_training_seeds_with_the_ce_only_ablation(tmp_path, capsys):
     assert "tiny random-init test presets (student and teacher)" in preamble and "SYNTHETIC" in preamble
     assert "not the paper's accuracy" in preamble
     assert "training seeds (seed_<k>/, the same split)" in text
+    # a row with fewer runs says so
+    import shutil
+
+    shutil.rmtree(tmp_path / "seed_3" / "student-ce")
+    partial = render_report(tmp_path)
+    assert "| student-ce: CE only (resampling none, distillation off) [2 of 3 seeds] |" in partial
+    assert "| student (AMLPF-CLIP) |" in partial
+    for i, seed in enumerate((1, 2, 3)):  # back to three
+        make_run(tmp_path / f"seed_{seed}" / "student-ce", "student", accuracy=accuracy["student-ce"][i])
+        (tmp_path / f"seed_{seed}" / "student-ce" / "README.md").write_text(CE_CARD)
     # the CLI prints the same table and re-creates every seed's pictures
     report_main([str(tmp_path)])
     out = capsys.readouterr().out

@@ -225,10 +225,11 @@ def render_report(run_dir: Path) -> str:
     titles = _titles()
     lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
     notes, baseline_runs, dataset, n_runs, all_runs = [], None, None, set(), []
-    for name, runs, file, prefix in _rows(groups):
-        if not runs:
-            continue
-        lines.append(_row(name, [json.loads((run / file).read_text()) for run in runs], prefix, unit))
+    rows = [row for row in _rows(groups) if row[1]]
+    most = max((len(runs) for _, runs, _, _ in rows), default=0)
+    for name, runs, file, prefix in rows:
+        shown = name if len(runs) == most else f"{name} [{len(runs)} of {most} {unit}]"
+        lines.append(_row(shown, [json.loads((run / file).read_text()) for run in runs], prefix, unit))
         n_runs.add(len(runs))
         all_runs += runs
         baseline_runs = baseline_runs or [run for run in runs if (run / SPLIT_FILE).is_file()]
@@ -260,8 +261,8 @@ def render_report(run_dir: Path) -> str:
         what = {"seeds": "training seeds (seed_<k>/, the same split)", "splits": "splits (split_<k>/)"}.get(
             unit, f"{unit} (seed_<k>/ and split_<k>/)"
         )
-        notes.append(f"over several {what}, cells are mean ± sample std (ddof=1) of the test metrics over them; "
-                     f"runs per row: {', '.join(map(str, sorted(n_runs)))}.")
+        notes.append(f"over several {what}, cells are mean ± sample std (ddof=1) of the test metrics over them"
+                     + ("; a row with fewer runs says how many in brackets." if len(n_runs) > 1 else "."))
     text = "\n".join(lines)
     if notes:
         text += "\n\nNotes:\n" + "\n".join(f"- {note}" for note in notes)
