@@ -30,12 +30,23 @@ test-upstream: install
 	$(OFFLINE) AMLPF_UPSTREAM_TESTS="$$AMLPF_UPSTREAM_TESTS" $(PY) -m pytest -q -rs -p no:cacheprovider \
 		tests/upstream/common_amlpf.py
 
+# The demo: per training seed a teacher, the full student (AMLPF-CLIP) and the CE-only student, then one table.
+DEMO_SEEDS ?= 1 2 3
+DEMO_OUT ?= outputs/demo
 demo: install
 	@echo "== AMLPF-CLIP demo on SYNTHETIC H&E-like images with tiny random-init models (no downloads) =="
-	$(OFFLINE) $(PY) train_teacher.py --config configs/demo.yaml
-	$(OFFLINE) $(PY) distill_student.py --config configs/demo.yaml
-	$(OFFLINE) $(PY) -m modeling_amlpf.report outputs/demo
-	$(OFFLINE) $(PY) predict.py --model outputs/demo/student --split_file outputs/demo/student/split.json --output_dir outputs/demo/predictions --max_overlays 16
+	@set -e; for seed in $(DEMO_SEEDS); do \
+		run=$(DEMO_OUT)/seed_$$seed; \
+		echo "== training seed $$seed: teacher, student (AMLPF-CLIP), student without KD and resampling -> $$run"; \
+		$(OFFLINE) $(PY) train_teacher.py --config configs/demo.yaml --seed $$seed --output_dir $$run/teacher; \
+		$(OFFLINE) $(PY) distill_student.py --config configs/demo.yaml --seed $$seed --output_dir $$run/student \
+			--teacher_model $$run/teacher; \
+		$(OFFLINE) $(PY) distill_student.py --config configs/demo.yaml --seed $$seed --output_dir $$run/student-ce \
+			--kd_weight 0 --resampling none --do_zero_shot false; \
+	done
+	$(OFFLINE) $(PY) predict.py --model $(DEMO_OUT)/seed_1/student --split_file $(DEMO_OUT)/seed_1/student/split.json \
+		--output_dir $(DEMO_OUT)/predictions --max_overlays 16
+	$(OFFLINE) $(PY) -m modeling_amlpf.report $(DEMO_OUT)
 
 bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_data.py --json benchmarks/results/bench_data.json

@@ -74,7 +74,9 @@ class PredictionArguments:
         metadata={"help": "auto: bf16 autocast on GPUs that support it, fp32 otherwise.", "choices": list(PRECISIONS)},
     )
     max_overlays: int | None = field(
-        default=None, metadata={"help": "Overlay PNGs for the first N images only; None: every image, 0: none."}
+        default=None,
+        metadata={"help": "Overlay PNGs for N images, chosen across the predicted classes (mistakes first when a "
+                          "--split_file gives the true labels); None: every image, 0: none."},
     )
     overlay_processes: int | None = field(
         default=None,
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             model, processor, found.paths, args.output_dir,
             batch_size=args.batch_size, num_workers=num_workers, device=device, precision=args.precision,
             max_overlays=args.max_overlays, overlay_processes=args.overlay_processes, strict=args.strict,
-            model_name=args.model, skipped=found.skipped, progress=args.progress,
+            model_name=args.model, skipped=found.skipped, progress=args.progress, labels=found.labels,
         )
     except PredictionInputError as error:
         print(f"predict.py: error: {error}", file=sys.stderr)

@@ -143,7 +143,7 @@ def test_teacher_card_names_uni_terms_and_checks_class_names():
     metadata = _metadata(text)
     assert metadata["base_model"] == "MahmoodLab/uni"
     assert metadata["license_link"] == "https://huggingface.co/MahmoodLab/UNI"
-    assert "They bind this checkpoint." in text and "Prompts and fusion" not in text
+    assert "They bind this checkpoint, whose backbone weights are UNI's." in text and "Prompts and fusion" not in text
 
     with pytest.raises(ValueError, match=r"the model card's class names: classes \['serrated', 'normal'"):
         render_model_card(_facts(kind="teacher", class_names=["serrated", "normal", *CLASSES[2:]]), model=teacher)
@@ -156,3 +156,55 @@ def test_facts_are_checked():
         ModelCardFacts.from_dict({"kind": "student", "dataset": "demo", "epochs": 3})
     facts = ModelCardFacts.from_dict({"kind": "student", "dataset": "demo", "class_names": ["a", "b"]})
     assert facts.group_disjoint is False and ModelCardFacts(**facts.to_dict()) == facts
+
+
+def test_a_tiny_random_init_preset_is_called_that_and_carries_no_uni_terms(tmp_path, student):
+    from transformers import AutoConfig
+
+    from modeling_amlpf.pretrained.presets import tiny_teacher_config
+
+    teacher = AmlpfTeacherForImageClassification(tiny_teacher_config(CLASSES))
+    assert teacher.config.backbone_weights is None
+    text = render_model_card(_facts(kind="teacher", teacher=None, base_model=None, hub_model_id=None), model=teacher)
+    title = next(line for line in text.splitlines() if line.startswith("# "))
+    assert "tiny random-init test preset (3-layer ViT, width 64), not UNI" in title
+    assert "> **Tiny random-init test preset (3-layer ViT, width 64), not UNI**: a few-layer model" in text
+    assert "UNI-style" not in text and "MahmoodLab" not in text and "UNI (MahmoodLab)" not in text
+    metadata = _metadata(text)
+    assert "tiny-test-preset" in metadata["tags"] and metadata.get("license_link") is None
+
+    # the student: tiny preset in its title; its teacher's licence only when that teacher has UNI weights
+    local_teacher = tmp_path / "teacher"
+    teacher.config.save_pretrained(local_teacher)
+    text = render_model_card(_facts(teacher=str(local_teacher), base_model=None), model=student)
+    title = next(line for line in text.splitlines() if line.startswith("# "))
+    assert "AMLPF-CLIP student: tiny random-init test preset" in title and "not OpenAI CLIP RN50" in title
+    assert "UNI (MahmoodLab)" not in text
+    uni_config = AutoConfig.from_pretrained(local_teacher)
+    uni_config.backbone_weights = "hf-hub:MahmoodLab/uni"
+    uni_config.save_pretrained(local_teacher)
+    text = render_model_card(_facts(teacher=str(local_teacher), base_model=None), model=student)
+    assert "checkpoint's teacher (its backbone weights are UNI's)" in text
+    # a teacher on the Hub that this card cannot inspect: said conditionally
+    text = render_model_card(_facts(teacher="vendor/amlpf-teacher-chaoyang", base_model=None), model=student)
+    assert "if its backbone weights are UNI's (this card cannot tell)" in text
+    # no student teacher at all (CE only): no UNI text
+    assert "UNI" not in render_model_card(_facts(teacher=None, base_model=None), model=student).split("## License")[1]
+
+
+def test_full_size_backbones_are_named_by_their_weights():
+    from modeling_amlpf.evaluation.identity import identify
+
+    uni = {"model_type": "amlpf_teacher", "backbone": UNI_BACKBONE, "backbone_weights": "hf-hub:MahmoodLab/uni",
+           "backbone_kwargs": {"img_size": 224, "patch_size": 16, "init_values": 1e-5}}
+    assert identify(uni).description == "UNI ViT-L/16" and identify(uni).paper_backbone
+    scratch = dict(uni, backbone_weights=None)
+    assert identify(scratch).description == "ViT-L/16 from random initialisation, not UNI"
+    assert not identify(scratch).paper_backbone and not identify(scratch).test_preset
+    other = dict(uni, backbone_weights="my_vit.safetensors")
+    assert identify(other).description == "ViT-L/16 initialised from my_vit.safetensors"
+    assert not identify(other).uses_uni
+    rn50 = {"model_type": "amlpf_clip", "timm_model_name": "resnet50_clip", "timm_model_kwargs": None,
+            "projection_dim": 1024, "text_config": {"hidden_size": 512}}
+    assert identify(rn50).description == "CLIP RN50" and identify(rn50).paper_backbone
+    assert identify({"model_type": "bert"}) is None

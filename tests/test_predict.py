@@ -20,6 +20,7 @@ import predict
 from modeling_amlpf import AmlpfImageProcessor
 from modeling_amlpf.evaluation.prediction import (
     UnreadableImageError,
+    choose_overlays,
     class_colors,
     crop_boxes,
     find_images,
@@ -441,3 +442,68 @@ def test_link_loops_among_the_inputs_are_named(tmp_path, caplog):
     assert "again: a symbolic link loop" in caplog.text
     with pytest.raises(ValueError, match=r"loop\.png: a symbolic link that leads to no file"):
         find_images([tmp_path / "loop.png"])
+
+
+# ------------------------------------------------------------------------------------------------ labels, overlays
+def test_overlays_are_chosen_across_predicted_classes_mistakes_first():
+    # 12 images: the first 8 all predicted class 0 (the old "first N" choice drew only these)
+    predicted = [0] * 8 + [1, 2, 2, None]
+    assert choose_overlays(predicted, 3) == [0, 8, 9]  # one of each predicted class in turn
+    assert choose_overlays(predicted, 5) == [0, 1, 8, 9, 10]  # then the next of each, in input order
+    assert 11 not in choose_overlays(predicted, 12) and len(choose_overlays(predicted, 12)) == 11  # unreadable
+    # with labels: mistakes first (most confident first, across classes), then correct ones across classes
+    labels = [0, 0, 1, 0, 2, 0, 0, 0, 1, 0, 2, 1]
+    confidence = [0.5, 0.5, 0.6, 0.5, 0.9, 0.5, 0.5, 0.5, 0.7, 0.8, 0.5, 0.5]
+    mistakes = {2, 4, 9}  # 2 and 4 (predicted 0), 9 (predicted 2)
+    assert choose_overlays(predicted, 2, labels, confidence) == [4, 9]  # the surest mistake of each class
+    assert set(choose_overlays(predicted, 3, labels, confidence)) == mistakes
+    chosen = choose_overlays(predicted, 5, labels, confidence)
+    assert mistakes <= set(chosen) and {0, 8} <= set(chosen)  # then a correct one of classes 0 and 1
+
+
+def test_split_input_adds_the_label_column_per_class_accuracy_and_labelled_overlays(tmp_path, tiny_teacher):
+    model = tiny_teacher.eval()
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    paths = _write_images(tmp_path / "data" / "images", sizes=[(128, 128)] * 8, seed=3)
+    truth = [0, 1, 2, 3, 0, 1, 0, 0][: len(paths)]
+    truth = [label % len(names) for label in truth]
+    split = {"dataset": "imagefolder", "options": {}, "data_root": str(tmp_path / "data"), "class_names": names,
+             "parts": {"train": [["images/tile_0.png", 0, "t0"]],
+                       "test": [[f"images/{os.path.basename(p)}", t, f"g{i}"] for i, (p, t) in
+                                enumerate(zip(paths, truth))]}}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    found = find_images([], split_file=tmp_path / "split.json")
+    assert found.labels == [names[t] for t in truth]
+    summary = predict_files(model, _processor(), found.paths, tmp_path / "out", batch_size=3, device="cpu",
+                            max_overlays=3, overlay_processes=0, progress=False, labels=found.labels)
+    rows = _read_csv(tmp_path / "out" / "predictions.csv")
+    assert list(rows[0])[:3] == ["path", "prediction", "label"]
+    assert [row["label"] for row in rows] == [names[t] for t in truth]
+    # per-class accuracy, computed here from the rows
+    for name in names:
+        mine = [row for row in rows if row["label"] == name]
+        entry = summary["per_class_accuracy"][name]
+        assert entry["images"] == len(mine)
+        assert entry["correct"] == sum(row["prediction"] == name for row in mine)
+        assert entry["accuracy"] == (pytest.approx(entry["correct"] / len(mine)) if mine else None)
+    assert summary["num_labelled"] == len(paths)
+    assert summary["accuracy"] == pytest.approx(np.mean([row["prediction"] == row["label"] for row in rows]))
+    # three overlays, mistakes first, drawn for the rows that name them
+    drawn = [row for row in rows if row["overlay"]]
+    assert len(drawn) == 3 == summary["overlays"] == len(os.listdir(tmp_path / "out" / "overlays"))
+    n_mistakes = sum(row["prediction"] != row["label"] for row in rows)
+    assert sum(row["prediction"] != row["label"] for row in drawn) == min(3, n_mistakes)
+    for row in drawn:
+        assert (tmp_path / "out" / row["overlay"]).read_bytes().startswith(b"\x89PNG")
+    # without labels: no label column and no accuracy in the summary
+    plain = predict_files(model, _processor(), paths, tmp_path / "plain", device="cpu", max_overlays=0,
+                          progress=False)
+    assert "label" not in _read_csv(tmp_path / "plain" / "predictions.csv")[0]
+    assert "per_class_accuracy" not in plain
+
+
+def test_overlay_title_names_the_true_class(tmp_path, tiny_teacher):
+    from modeling_amlpf.evaluation.prediction import overlay_title
+
+    assert overlay_title("a/b.png") == "a/b.png"
+    assert overlay_title("a/b.png", "carcinoma") == "a/b.png\ntrue class: carcinoma"

@@ -118,10 +118,27 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data))
 
 
-def make_run(folder: Path, kind: str, dataset="demo", seed=1, accuracy=0.6) -> Path:
+# config.json of the backbones: the paper's (UNI ViT-L/16 teacher, OpenAI CLIP RN50 student) and the tiny presets
+PAPER_CONFIGS = {
+    "teacher": {"model_type": "amlpf_teacher", "backbone": "vit_large_patch16_224",
+                "backbone_weights": "hf-hub:MahmoodLab/uni",
+                "backbone_kwargs": {"img_size": 224, "patch_size": 16, "init_values": 1e-5}},
+    "student": {"model_type": "amlpf_clip", "vision_backend": "timm", "timm_model_name": "resnet50_clip",
+                "timm_model_kwargs": None, "projection_dim": 1024, "text_config": {"hidden_size": 512},
+                "fusion": "learned", "fusion_init": 1.0, "prompt_levels": LEVELS},
+}
+TINY_CONFIGS = {
+    "teacher": {"model_type": "amlpf_teacher", "backbone": "vit_large_patch16_224", "backbone_weights": None,
+                "backbone_kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4}},
+    "student": {"model_type": "amlpf_clip", "vision_backend": "timm", "timm_model_name": "resnet50_clip",
+                "timm_model_kwargs": {"img_size": 64}, "projection_dim": 64, "text_config": {"hidden_size": 64},
+                "fusion": "learned", "fusion_init": 1.0, "prompt_levels": LEVELS},
+}
+
+
+def make_run(folder: Path, kind: str, dataset="demo", seed=1, accuracy=0.6, backbones="tiny") -> Path:
     """A finished run folder as the scripts leave it (without the model weights, which nothing here reads)."""
-    model_type = {"teacher": "amlpf_teacher", "student": "amlpf_clip"}[kind]
-    write_json(folder / "config.json", {"model_type": model_type})
+    write_json(folder / "config.json", (PAPER_CONFIGS if backbones == "paper" else TINY_CONFIGS)[kind])
     write_json(folder / "split.json", split_file(dataset, seed))
     write_json(folder / "trainer_state.json", trainer_state(student=kind == "student"))
     write_json(folder / "test_results.json", {"test_accuracy": accuracy, "test_macro_f1": accuracy - 0.1,
@@ -175,18 +192,45 @@ def test_resampling_figure_one_line_per_class_in_each_panel():
 
 # ------------------------------------------------------------------------------------------------ fusion
 @pytest.mark.parametrize("source", ["history", "trainer log"])
-def test_fusion_weights_per_level(source):
+def test_fusion_weights_per_level_as_change_from_the_start(source):
     if source == "history":
         series = figures.fusion_weight_series(history(), [])
     else:  # a run without resampling history: the trainer log's fusion_weight/<level> entries
         series = figures.fusion_weight_series(None, log_history())
-    (ax,) = figures.build_fusion_figure(series, title="t").axes
-    lines = lines_by_label(ax)
-    assert sorted(lines) == sorted(LEVELS)
+    start = figures.fusion_start(TINY_CONFIGS["student"])
+    assert start == 1.0
+    fig = figures.build_fusion_figure(series, title="t", start=start, mode="learned")
+    (ax,) = fig.axes
+    lines = {label.split(":")[0]: line for label, line in lines_by_label(ax).items() if not label.startswith("_")}
+    assert sorted(set(lines) - {"start (epoch 0)"}) == sorted(LEVELS)
     for i, level in enumerate(LEVELS):
-        np.testing.assert_array_equal(lines[level].get_xdata(), EPOCHS)
-        np.testing.assert_allclose(lines[level].get_ydata(), [fusion(e, i) for e in EPOCHS])
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "weight")
+        # drawn from epoch 0 (the start) as the change in % of the effective weight
+        np.testing.assert_array_equal(lines[level].get_xdata(), [0, *EPOCHS])
+        expected = [0.0] + [100 * (fusion(e, i) - 1.0) for e in EPOCHS]
+        np.testing.assert_allclose(lines[level].get_ydata(), expected, atol=1e-9)
+        assert lines[level].get_label() == f"{level}: 1 → {fusion(EPOCHS[-1], i):.5g}"
+    (marker,) = [line for line in ax.get_lines() if line.get_gid() == "fusion:start"]
+    np.testing.assert_array_equal(marker.get_xydata(), [[0.0, 0.0]])
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "change of the effective weight from the start (%)")
+    caption = fig._supxlabel.get_text()
+    assert "effective weight w: what the model multiplies" in caption and "w = 1" in caption
+
+
+def test_fusion_axis_is_honest_about_a_tiny_drift():
+    """A drift of 0.02 % is drawn on an axis of at least ±1 %, not auto-scaled into a trend."""
+    series = {"label": ([1, 2, 3], [0.99990, 0.99980, 0.99976])}
+    (ax,) = figures.build_fusion_figure(series, title="t", start=1.0).axes
+    low, high = ax.get_ylim()
+    assert low <= -figures.FUSION_MIN_SPAN and high >= figures.FUSION_MIN_SPAN
+    big = {"label": ([1, 2], [1.2, 1.5])}  # +50 %: the axis grows to show it
+    (ax,) = figures.build_fusion_figure(big, title="t", start=1.0).axes
+    assert ax.get_ylim()[1] >= 50.0
+    # softmax fusion starts at 1/L; an unknown start falls back to the first record and says so
+    assert figures.fusion_start({"fusion": "softmax", "prompt_levels": LEVELS}) == pytest.approx(1 / 3)
+    assert figures.fusion_start({}) is None
+    fig = figures.build_fusion_figure(series, title="t", start=None)
+    assert "first recorded epoch" in fig._supxlabel.get_text()
+    assert not [line for line in fig.axes[0].get_lines() if line.get_gid() == "fusion:start"]
 
 
 def test_no_fusion_weights_recorded_gives_no_series():
@@ -338,7 +382,7 @@ def test_render_report_over_splits_with_paper_row(tmp_path):
     accuracies = [0.80, 0.84, 0.88]
     for seed, accuracy in zip((1, 2, 3), accuracies):
         folder = tmp_path / "student" / f"split_{seed}"
-        make_run(folder, "student", dataset="lunghist700", seed=seed, accuracy=accuracy)
+        make_run(folder, "student", dataset="lunghist700", seed=seed, accuracy=accuracy, backbones="paper")
     results = tmp_path / "student" / "split_1" / "test_results.json"
     write_json(results, dict(json.loads(results.read_text()), test_macro_auroc=0.9))  # undefined in splits 2, 3
     text = render_report(tmp_path / "student")
@@ -373,3 +417,151 @@ def test_report_cli_names_the_expected_layout(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report_main([str(tmp_path)])
     assert "teacher/ or student/" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ honesty
+def test_paper_values_only_with_the_papers_backbones(tmp_path):
+    for backbones in ("tiny", "paper"):
+        root = tmp_path / backbones / "student"
+        for seed in (1, 2, 3):
+            make_run(root / f"split_{seed}", "student", dataset="chaoyang", seed=seed, backbones=backbones)
+        write_json(root / "splits_summary.json", splits_summary())
+        text = render_report(root)
+        assert (f"| {figures.PAPER_LABEL}, AMLPF-CLIP |" in text) == (backbones == "paper")
+        assert figures.write_splits_figure(root, dataset="chaoyang", title="t") == "splits_summary.png"
+    tiny_text = render_report(tmp_path / "tiny" / "student")
+    assert f"{figures.PAPER_LABEL} left out: these runs do not use the paper's backbones" in tiny_text
+    assert "tiny random-init test preset" in tiny_text
+    # the figure: the caption says why the paper's bars are missing
+    (tmp_path / "tiny" / "student" / "splits_summary.png").unlink()
+    allowed, reason = figures.paper_comparison([figures.identify_folder(tmp_path / "tiny" / "student" / "split_1")])
+    assert not allowed and "not use the paper's backbones" in reason
+    fig = figures.build_splits_figure(splits_summary(), paper=None, title="t", paper_left_out=reason)
+    assert f"{figures.PAPER_LABEL} not drawn: {reason}" in fig._supxlabel.get_text()
+    assert not any(c.get_label() == figures.PAPER_LABEL for ax in fig.axes for c in ax.containers)
+
+
+CE_CARD = "## Training\n\n- resampling: `none (gamma 2.0)`\n- distillation: `off`\n- fusion: `learned`\n"
+
+
+def test_report_over_training_seeds_with_the_ce_only_ablation(tmp_path, capsys):
+    """``seed_<k>/{teacher,student,student-ce}`` (make demo's layout): one row per model, mean ± std over seeds."""
+    accuracy = {"teacher": [0.9, 0.8, 0.85], "student": [0.7, 0.75, 0.8], "student-ce": [0.5, 0.6, 0.4]}
+    for i, seed in enumerate((1, 2, 3)):
+        for name, values in accuracy.items():
+            make_run(tmp_path / f"seed_{seed}" / name, "teacher" if name == "teacher" else "student",
+                     accuracy=values[i])
+        (tmp_path / f"seed_{seed}" / "student-ce" / "README.md").write_text(CE_CARD)
+    text = render_report(tmp_path)
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
+            if line.startswith("| ")}
+
+    def cell(values):
+        return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"
+
+    assert rows["teacher"] == cell(accuracy["teacher"])
+    assert rows["student (AMLPF-CLIP)"] == cell(accuracy["student"])
+    assert rows["student-ce: CE only (resampling none, distillation off)"] == cell(accuracy["student-ce"])
+    assert rows["student, zero-shot (prompts only)"] == "33.33 ± 0.00"
+    assert rows["majority-class baseline"] == "33.33 ± 0.00"  # the same split in every seed
+    order = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")][1:]
+    assert order == ["teacher", "student, zero-shot (prompts only)", "student (AMLPF-CLIP)",
+                     "student-ce: CE only (resampling none, distillation off)", "majority-class baseline"]
+    # above the table: what the numbers are; under it: what the ± is over
+    preamble = text.split("| model |")[0]
+    assert "tiny random-init test presets (student and teacher)" in preamble and "SYNTHETIC" in preamble
+    assert "not the paper's accuracy" in preamble
+    assert "training seeds (seed_<k>/, the same split)" in text
+    # a row with fewer runs says so
+    import shutil
+
+    shutil.rmtree(tmp_path / "seed_3" / "student-ce")
+    partial = render_report(tmp_path)
+    assert "| student-ce: CE only (resampling none, distillation off) [2 of 3 seeds] |" in partial
+    assert "| student (AMLPF-CLIP) |" in partial
+    for i, seed in enumerate((1, 2, 3)):  # back to three
+        make_run(tmp_path / f"seed_{seed}" / "student-ce", "student", accuracy=accuracy["student-ce"][i])
+        (tmp_path / f"seed_{seed}" / "student-ce" / "README.md").write_text(CE_CARD)
+    # the CLI prints the same table and re-creates every seed's pictures
+    report_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert text in out
+    for seed in (1, 2, 3):
+        for name in ("student", "student-ce"):
+            assert (tmp_path / f"seed_{seed}" / name / "fusion_weights.png").read_bytes().startswith(PNG_MAGIC)
+        assert (tmp_path / f"seed_{seed}" / "teacher" / "losses.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ confusion
+LONG_NAMES = [
+    "squamous cell carcinoma, keratinising", "adenocarcinoma of the lung (acinar)", "normal bronchial epithelium",
+    "large cell neuroendocrine carcinoma", "small cell lung carcinoma (oat cell)", "benign alveolar parenchyma",
+    "inflammatory infiltrate with fibrosis", "metastatic colorectal adenocarcinoma",
+]
+
+
+def _extents(fig, artists):
+    renderer = fig.canvas.get_renderer()
+    return [artist.get_window_extent(renderer) for artist in artists if artist.get_text()]
+
+
+def test_confusion_matrix_legible_with_eight_long_class_names(tmp_path):
+    from modeling_amlpf.evaluation.metrics.reporting import build_confusion_figure, plot_confusion_matrix
+
+    assert min(map(len, LONG_NAMES)) >= 25
+    counts = np.arange(64).reshape(8, 8) % 7 + 3 * np.eye(8, dtype=int)
+    title = "Student, test split (lunghist700-7class with a rather long run name, split 12)"
+    fig = build_confusion_figure(counts, LONG_NAMES, title=title)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    canvas = fig.bbox
+    for axis in ("x", "y"):
+        labels = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
+        assert [label.get_text().replace("\n", " ") for label in labels] == LONG_NAMES
+        boxes = _extents(fig, labels)
+        for a, b in zip(boxes, boxes[1:]):
+            assert not a.overlaps(b), (axis, a, b)  # neighbouring names never overlap
+    texts = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.yaxis.label, fig._suptitle]
+    for box in _extents(fig, texts):  # everything inside the canvas: no cut label, no cut title
+        assert box.x0 >= canvas.x0 - 1 and box.x1 <= canvas.x1 + 1 and box.y0 >= canvas.y0 - 1
+        assert box.y1 <= canvas.y1 + 1
+    assert fig._suptitle.get_text().replace("\n", " ") == title  # the whole title, wrapped if needed
+    # the matrix uses a good share of the canvas (not shrunk to a third by its labels)
+    matrix = ax.get_window_extent(fig.canvas.get_renderer())
+    assert matrix.width * matrix.height >= 0.3 * canvas.width * canvas.height
+    for text in ax.texts:  # cell values do not spill out of their cells
+        assert _extents(fig, [text])[0].width < matrix.width / 8
+    path = plot_confusion_matrix(counts, LONG_NAMES, tmp_path / "cm.png", title=title)
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_cjk_class_names_use_an_installed_cjk_font(monkeypatch, caplog):
+    from modeling_amlpf.evaluation import fonts
+    from modeling_amlpf.evaluation.metrics.reporting import build_confusion_figure
+
+    names = ["鳞状细胞癌", "腺癌", "normal"]
+    monkeypatch.setattr(fonts, "installed_font_names", lambda: {"DejaVu Sans", "WenQuanYi Zen Hei",
+                                                                "Noto Sans CJK JP"})
+    assert fonts.cjk_font() == "Noto Sans CJK JP"  # the most complete first
+    monkeypatch.setattr(fonts, "installed_font_names", lambda: {"DejaVu Sans", "WenQuanYi Zen Hei"})
+    fig = build_confusion_figure(np.eye(3, dtype=int), names, title="Teacher, test split")
+    for label in fig.axes[0].get_xticklabels():
+        assert label.get_fontfamily()[-1] == "WenQuanYi Zen Hei"  # a fallback after the usual family
+    # Latin-only names leave matplotlib's fonts alone
+    fig = build_confusion_figure(np.eye(2, dtype=int), ["normal", "tumour"])
+    assert all("WenQuanYi Zen Hei" not in label.get_fontfamily() for label in fig.axes[0].get_xticklabels())
+    with fonts.fonts_for(["normal"]) as font:
+        assert font is None
+
+
+def test_cjk_without_a_font_warns_once(monkeypatch, caplog):
+    from modeling_amlpf.evaluation import fonts
+
+    monkeypatch.setattr(fonts, "installed_font_names", lambda: {"DejaVu Sans"})
+    monkeypatch.setattr(fonts, "_warned", False)
+    with caplog.at_level("WARNING", logger=fonts.__name__):
+        for _ in range(3):
+            with fonts.fonts_for(["腺癌"]) as font:
+                assert font is None
+    warnings = [r for r in caplog.records if "no installed font has their glyphs" in r.getMessage()]
+    assert len(warnings) == 1 and "fonts-noto-cjk" in warnings[0].getMessage()

@@ -2,11 +2,12 @@
 
 The images are NOT real histology. They imitate four colorectal patterns well enough to exercise the whole
 pipeline and to be learnable: pink eosin stroma, white lumens and purple haematoxylin nuclei, with
-class-specific morphology:
-  normal        regular round glands, small sparse round nuclei at the gland base;
-  hyperplastic  round glands with serrated (saw-tooth) luminal outlines, slightly larger nuclei;
-  adenoma       elongated tubular glands crowded with elongated (pencil-shaped) dark nuclei;
-  carcinoma     irregular fused cribriform masses with many large, dense, pleomorphic dark nuclei.
+class-specific morphology that fills the whole tile, so that every view the models see (each 64-pixel crop of a
+128-pixel tile, and the global view) shows its class:
+  normal        a lattice of small round glands with round lumens, few small nuclei at the gland base;
+  hyperplastic  larger glands with wide serrated (star-shaped) lumens, more and larger nuclei;
+  adenoma       long parallel tubules crowded with elongated (pencil-shaped) dark nuclei;
+  carcinoma     a solid epithelial sheet with small cribriform lumens and many large, dense, pleomorphic nuclei.
 Colours follow Beer-Lambert stain mixing with per-patient stain strength (a nuisance that group-disjoint
 splits must handle). The classes are imbalanced (128/80/72/40 images, ratio 3.2) and 40 synthetic
 "patients" hold 8 images each. Files: `<dir>/<class>/<patient>_<n>.jpg` (JPEG, quality 92) plus `groups.csv`,
@@ -34,7 +35,7 @@ DEMO_CLASS_COUNTS = (128, 80, 72, 40)
 DEMO_IMAGES_PER_PATIENT = 8
 DEMO_IMAGE_SIZE = 128
 DEMO_SEED = 1234
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 GROUPS_FILE = "groups.csv"
 
 _SIZE = DEMO_IMAGE_SIZE
@@ -152,56 +153,76 @@ class _Tissue:
         self.nuclei.append(tuple(np.asarray(column, np.float32) for column in columns))
 
 
+def _lattice(rng: np.random.Generator, spacing: float, jitter: float) -> list[tuple[float, float]]:
+    """Centres of a jittered hexagonal lattice covering the tile and a margin around it, so that tissue fills
+    every part of the tile (each 64-pixel crop of a 128-pixel tile holds several glands)."""
+    offset_y, offset_x = rng.uniform(0, spacing, size=2)
+    centres = []
+    row_step = spacing * 0.866
+    for row in range(-1, int(_SIZE / row_step) + 2):
+        shift = (spacing / 2) * (row % 2)
+        for column in range(-1, int(_SIZE / spacing) + 2):
+            y = offset_y + row * row_step + rng.normal(0, jitter)
+            x = offset_x + shift + column * spacing + rng.normal(0, jitter)
+            centres.append((float(y), float(x)))
+    return centres
+
+
 def _round_glands(rng: np.random.Generator, tissue: _Tissue, serrated: bool) -> None:
-    radius = rng.uniform(15, 20)
-    for cy, cx in _place_centres(rng, int(rng.integers(3, 6)), radius, margin=4):
+    """Normal: small round glands with round lumens and small sparse basal nuclei. Hyperplastic: larger glands
+    with wide star-shaped (serrated) lumens, more and larger nuclei."""
+    radius = rng.uniform(12.5, 14.5) if serrated else rng.uniform(9.0, 10.5)
+    for cy, cx in _lattice(rng, spacing=2.55 * radius, jitter=0.12 * radius):
         distance, theta = _polar(cy, cx)
-        outer = radius * rng.uniform(0.85, 1.15) * (1 + 0.05 * np.sin(2 * theta + rng.uniform(0, 6.3)))
-        if serrated:  # star-shaped lumen: a triangle wave of 9-13 teeth around the gland
-            teeth = rng.integers(9, 14)
+        outer = radius * rng.uniform(0.9, 1.1) * (1 + 0.05 * np.sin(2 * theta + rng.uniform(0, 6.3)))
+        if serrated:  # star-shaped lumen: a triangle wave of 7-9 teeth around the gland
+            teeth = rng.integers(7, 10)
             saw = 4 * np.abs(((teeth * theta / (2 * np.pi) + rng.uniform()) % 1.0) - 0.5) - 1
-            tissue.add_gland(distance, outer, 0.55 * outer * (1 + 0.3 * saw))
+            tissue.add_gland(distance, outer, 0.62 * outer * (1 + 0.35 * saw))
         else:
-            tissue.add_gland(distance, outer, 0.5 * outer)
-        basal_band = (distance > 0.78 * outer) & (distance < 0.95 * outer)
-        centres = _sample_points(rng, basal_band, 0.09 if serrated else 0.07)
-        size = rng.uniform(1.7, 2.1, len(centres)) if serrated else rng.uniform(1.4, 1.8, len(centres))
+            tissue.add_gland(distance, outer, 0.42 * outer)
+        basal_band = (distance > 0.72 * outer) & (distance < 0.95 * outer)
+        centres = _sample_points(rng, basal_band, 0.12 if serrated else 0.05)
+        size = rng.uniform(1.8, 2.2, len(centres)) if serrated else rng.uniform(1.1, 1.4, len(centres))
         orientation = rng.uniform(0, np.pi, len(centres))
         tissue.add_nuclei(centres, size * 1.15, size, orientation, rng.uniform(0.95, 1.15, len(centres)))
 
 
 def _tubular_glands(rng: np.random.Generator, tissue: _Tissue) -> None:
-    minor = rng.uniform(10, 13)
+    """Adenoma: long parallel tubules across the whole tile, crowded with dark pencil-shaped nuclei."""
+    minor = rng.uniform(7.0, 8.5)
     angle = rng.uniform(0, np.pi)  # neighbouring crypts run roughly parallel
-    for cy, cx in _place_centres(rng, int(rng.integers(2, 4)), minor * 1.2, margin=0):
-        distance, theta = _polar(cy, cx, angle + rng.normal(0, 0.2), rng.uniform(2.3, 3.0))
-        outer = minor * (1 + 0.04 * np.sin(3 * theta + rng.uniform(0, 6.3)))
-        tissue.add_gland(distance, outer, 0.32 * outer)
-        # Crowded, pseudostratified, pencil-shaped nuclei pointing away from the gland centre.
-        centres = _sample_points(rng, (distance > 0.38 * outer) & (distance < 0.95 * outer), 0.11)
-        radial = np.arctan2(centres[:, 0] - cy, centres[:, 1] - cx)
-        length = rng.uniform(2.8, 3.6, len(centres))
+    normal = np.array([np.cos(angle + np.pi / 2), np.sin(angle + np.pi / 2)])
+    spacing = minor * 2.6
+    centre = _SIZE / 2
+    for k in range(-5, 6):
+        shift = k * spacing + rng.normal(0, 1.5)
+        cy, cx = centre + shift * normal[1], centre + shift * normal[0]
+        distance, theta = _polar(cy, cx, angle + rng.normal(0, 0.05), 12.0)
+        outer = minor * (1 + 0.05 * np.sin(3 * theta + rng.uniform(0, 6.3)))
+        tissue.add_gland(distance, outer, 0.3 * outer)
+        centres = _sample_points(rng, (distance > 0.36 * outer) & (distance < 0.95 * outer), 0.12)
+        length = rng.uniform(2.4, 3.0, len(centres))
         width = length * rng.uniform(0.32, 0.42, len(centres))
-        tissue.add_nuclei(centres, length, width, radial, rng.uniform(1.25, 1.45, len(centres)))
+        orientation = angle + np.pi / 2 + rng.normal(0, 0.2, len(centres))  # perpendicular to the tubule
+        tissue.add_nuclei(centres, length, width, orientation, rng.uniform(1.25, 1.45, len(centres)))
 
 
 def _cribriform_masses(rng: np.random.Generator, tissue: _Tissue) -> None:
-    radius = rng.uniform(26, 34)
-    for cy, cx in _place_centres(rng, int(rng.integers(1, 3)), radius, margin=-8):
-        distance, theta = _polar(cy, cx)
-        harmonics = sum(rng.uniform(0, 0.12) * np.sin(k * theta + rng.uniform(0, 6.3)) for k in range(2, 6))
-        mass = _inside(distance, radius * (1 + harmonics))
-        tissue.epithelium = np.maximum(tissue.epithelium, mass)
-        for _ in range(int(rng.integers(4, 9))):  # small punched-out lumens inside the mass
-            angle, reach = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.65 * radius)
-            hole = _distance(cy + reach * np.sin(angle), cx + reach * np.cos(angle))
-            tissue.lumen = np.maximum(tissue.lumen, _inside(hole, rng.uniform(2.5, 5.0)) * mass)
-        # Large, pleomorphic, hyperchromatic nuclei throughout the mass.
-        centres = _sample_points(rng, (mass > 0.5) & (tissue.lumen < 0.5), 0.075)
-        size = rng.uniform(2.2, 4.0, len(centres))
-        width = size * rng.uniform(0.55, 1.0, len(centres))
-        orientation = rng.uniform(0, np.pi, len(centres))
-        tissue.add_nuclei(centres, size, width, orientation, rng.uniform(1.4, 1.9, len(centres)))
+    """Carcinoma: a solid sheet of epithelium over the tile (thin stromal strands only), punched by small round
+    cribriform lumens, with many large, dense, pleomorphic nuclei."""
+    strands = np.sin((_XX * np.cos(a := rng.uniform(0, np.pi)) + _YY * np.sin(a)) * rng.uniform(0.09, 0.13)
+                     + 3 * _smooth_noise(rng, 3))
+    sheet = np.clip((0.85 - strands) / 0.1, 0.0, 1.0)
+    tissue.epithelium = np.maximum(tissue.epithelium, sheet)
+    for cy, cx in _lattice(rng, spacing=rng.uniform(17, 21), jitter=4.0):
+        hole = _distance(cy, cx)
+        tissue.lumen = np.maximum(tissue.lumen, _inside(hole, rng.uniform(2.0, 3.6)) * sheet)
+    centres = _sample_points(rng, (sheet > 0.5) & (tissue.lumen < 0.5), 0.07)
+    size = rng.uniform(2.3, 3.8, len(centres))
+    width = size * rng.uniform(0.55, 1.0, len(centres))
+    orientation = rng.uniform(0, np.pi, len(centres))
+    tissue.add_nuclei(centres, size, width, orientation, rng.uniform(1.4, 1.9, len(centres)))
 
 
 _MORPHOLOGY = {

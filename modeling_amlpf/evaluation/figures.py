@@ -1,7 +1,7 @@
 """Pictures of a finished run, drawn from the files the run leaves behind (no model, no data needed).
 
 - ``resampling.png``: what the class-balanced sampler did epoch by epoch (from ``resampling_history.json``);
-- ``fusion_weights.png``: the effective weight of each prompt level per epoch;
+- ``fusion_weights.png``: the change (%) of each prompt level's effective weight since its initial value;
 - ``losses.png``: training CE, distillation term and total, validation loss and macro-F1, and the epoch that
   model selection kept (from the Trainer's ``trainer_state.json``);
 - ``splits_summary.png``: mean ± std over ``--split_seeds`` beside the paper's published values.
@@ -26,6 +26,8 @@ import numpy as np
 import yaml
 
 from ..utils import CONFIG_DIR
+from .fonts import fonts_for
+from .identity import identify_folder, paper_comparison
 from .metrics import METRIC_TITLES, TIME_KEY
 
 if TYPE_CHECKING:
@@ -115,6 +117,11 @@ def build_resampling_figure(history: Mapping[str, Any], *, title: str) -> Figure
         raise ValueError("the resampling history has no epochs to draw")
     epochs = [float(entry["epoch"]) for entry in entries]
     classes = list(entries[0]["next_epoch_class_weights"])
+    with fonts_for([*classes, title]):
+        return _resampling_figure(history, entries, epochs, classes, title)
+
+
+def _resampling_figure(history, entries, epochs, classes, title) -> Figure:
     panels = (
         ("next_epoch_class_weights", 1.0, "weight", "class weight set for the next epoch"),
         ("next_epoch_class_share", 100.0, "share of draws (%)", "expected share of the next epoch's draws"),
@@ -161,19 +168,70 @@ def fusion_weight_series(history: Mapping[str, Any] | None, log_history: Sequenc
     return series
 
 
-def build_fusion_figure(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str) -> Figure:
-    """One line per prompt level: its effective weight (what multiplies that level's logits) per epoch."""
+def fusion_start(config: Mapping[str, Any] | None) -> float | None:
+    """The effective weight every prompt level starts from, from a student's ``config.json``: ``fusion_init`` for
+    ``learned`` fusion (the parameter is the weight), 1/L for ``softmax`` fusion (equal parameters); None when
+    the config does not say."""
+    config = config or {}
+    mode, levels = config.get("fusion"), config.get("prompt_levels") or []
+    if mode == "learned" and config.get("fusion_init") is not None:
+        return float(config["fusion_init"])
+    if mode == "softmax" and levels:
+        return 1.0 / len(levels)
+    return None
+
+
+FUSION_EXPLAINED = (
+    "effective weight w: what the model multiplies each prompt level's logits by (fused logits = sum over levels of "
+    "w × level logits); with fusion 'learned' w is the trained parameter itself, with 'softmax' the softmax of the "
+    "parameters over the levels"
+)
+FUSION_MIN_SPAN = 1.0  # percent: the y axis spans at least ±1 %, so that a tiny drift is drawn as tiny
+
+
+def build_fusion_figure(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str, start: float | None = None,
+    mode: str | None = None,
+) -> Figure:
+    """One line per prompt level: the change (%) of its effective weight from ``start`` (the initial value, drawn
+    at epoch 0 and marked), on an axis of at least ±``FUSION_MIN_SPAN`` % so that noise does not look like a trend.
+
+    Without ``start`` (a config that does not say) the first recorded value is the reference, and the caption says
+    so. A start of 0 has no relative change: the absolute change is drawn instead. The legend gives each level's
+    start and final effective weight; the caption explains the effective weight.
+    """
     if not series:
         raise ValueError("no fusion weights to draw")
-    figure = _new_figure(7.0, 4.2)
+    figure = _new_figure(7.5, 4.8)
     ax = figure.subplots()
+    relative = start is None or abs(start) > 1e-12
+    largest = 0.0
     for level, (epochs, weights) in series.items():
-        ax.plot(list(epochs), list(weights), marker="o", label=level)
+        epochs, weights = [float(e) for e in epochs], [float(w) for w in weights]
+        reference = weights[0] if start is None else float(start)
+        if start is not None:
+            epochs, weights = [0.0] + epochs, [reference] + weights
+        if relative:
+            change = [100.0 * (w - reference) / abs(reference) for w in weights]
+        else:
+            change = [w - reference for w in weights]
+        largest = max([largest] + [abs(c) for c in change if math.isfinite(c)])
+        ax.plot(epochs, change, marker="o", label=f"{level}: {reference:.5g} → {weights[-1]:.5g}")
+    ax.axhline(0.0, color="black", linewidth=1.0, linestyle=":", zorder=0)
+    if start is not None:
+        ax.plot([0.0], [0.0], marker="*", markersize=14, color="black", linestyle="none", gid="fusion:start",
+                label=f"start (epoch 0): w = {start:.4g}")
+    span = max(FUSION_MIN_SPAN if relative else 0.01, 1.15 * largest)
+    ax.set_ylim(-span, span)
     _epoch_axis(ax)
-    ax.set_ylabel("weight")
+    ax.set_ylabel("change of the effective weight from the start (%)" if relative
+                  else "change of the effective weight from the start")
     ax.grid(alpha=0.3)
-    ax.legend(title="prompt level", fontsize=8)
-    figure.suptitle(f"Effective prompt-level fusion weights at each epoch's end\n{title}")
+    ax.legend(title="prompt level: start → last", fontsize=8)
+    reference_note = (f"start: the initial effective weight of every level ({mode or 'fusion'}: w = {start:.4g})"
+                      if start is not None else "reference: the first recorded epoch (the initial value is unknown)")
+    figure.suptitle(f"Prompt-level fusion weights: change since the start\n{title}")
+    figure.supxlabel(f"{reference_note}; {FUSION_EXPLAINED}.", fontsize=7, wrap=True)
     return figure
 
 
@@ -266,7 +324,10 @@ def write_run_figures(output_dir: str | Path, *, title: str) -> list[str]:
         written.append(_save(build_resampling_figure(history, title=title), output_dir / RESAMPLING_FIGURE))
     series = fusion_weight_series(history, log_history)
     if series:
-        written.append(_save(build_fusion_figure(series, title=title), output_dir / FUSION_FIGURE))
+        config_path = output_dir / "config.json"
+        config = (_read_json(config_path) if config_path.is_file() else None) or {}
+        figure = build_fusion_figure(series, title=title, start=fusion_start(config), mode=config.get("fusion"))
+        written.append(_save(figure, output_dir / FUSION_FIGURE))
     if any(key in entry for entry in log_history for key, _, _ in LOSS_CURVES):
         figure = build_losses_figure(log_history, best_epoch=selected_epoch(state), title=title)
         written.append(_save(figure, output_dir / LOSSES_FIGURE))
@@ -308,12 +369,14 @@ def _summary_stats(summary: Mapping[str, Any], key: str):
     return None
 
 
-def build_splits_figure(summary: Mapping[str, Any], *, paper: Mapping[str, Any] | None, title: str) -> Figure:
+def build_splits_figure(
+    summary: Mapping[str, Any], *, paper: Mapping[str, Any] | None, title: str, paper_left_out: str | None = None
+) -> Figure:
     """Bars of each metric's mean ± std over the splits, the paper's bar beside it, and the per-split points.
 
     Percent metrics share the left panel; ms/img (hardware-dependent) has its own panel when present. Our bars
     are labelled ``ours...``, the paper's ``PAPER_LABEL``; the points of metric ``key`` are the line with gid
-    ``splits:<key>``.
+    ``splits:<key>``. ``paper_left_out``: why the paper's values are not drawn (said in the caption).
     """
     paper_metrics = (paper or {}).get("metrics") or {}
     rows, undefined = [], []
@@ -339,6 +402,8 @@ def build_splits_figure(summary: Mapping[str, Any], *, paper: Mapping[str, Any] 
     notes = []
     if paper:
         notes.append(f"{PAPER_LABEL}: {paper.get('source')}" + (f"; {paper['note']}" if paper.get("note") else ""))
+    elif paper_left_out:
+        notes.append(f"{PAPER_LABEL} not drawn: {paper_left_out}")
     if undefined:
         notes.append("undefined in every split (not drawn): " + ", ".join(undefined))
     splits = ", ".join(map(str, summary.get("splits") or []))
@@ -389,13 +454,19 @@ def write_splits_figure(root: str | Path, *, dataset: str, title: str, compare_t
 
     ``dataset`` is the run name (``--dataset`` plus task/magnification/resolution, e.g. ``breakhis-binary``):
     the paper's values are drawn only for the paper's own settings (``configs/<dataset>.yaml`` has a
-    ``paper_results:`` block) and only when ``compare_to_paper`` (they are the AMLPF-CLIP student's, so a
-    teacher's summary passes False).
+    ``paper_results:`` block), only when ``compare_to_paper`` (they are the AMLPF-CLIP student's, so a
+    teacher's summary passes False) and only when the runs (``split_<k>/config.json``) used the paper's
+    backbones; otherwise the caption says why they are left out.
     """
     root = Path(root)
     path = root / SPLITS_SUMMARY_FILE
     if not path.is_file():
         return None
     paper = paper_results(dataset) if compare_to_paper else None
-    figure = build_splits_figure(_read_json(path), paper=paper, title=title)
+    left_out = None
+    if paper:
+        runs = [p for p in sorted(root.iterdir()) if p.is_dir() and re.fullmatch(r"split_\d+", p.name)] or [root]
+        allowed, left_out = paper_comparison([identify_folder(run) for run in runs])
+        paper = paper if allowed else None
+    figure = build_splits_figure(_read_json(path), paper=paper, title=title, paper_left_out=left_out)
     return _save(figure, root / SPLITS_FIGURE)

@@ -19,6 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data.class_names import check_class_names
 from ..pretrained.weights import UNI_REPO_PAGE, is_local_path
+from .identity import identify, identify_folder
 from .metrics.reporting import METRIC_TITLES, PER_CLASS_RECALL_PREFIX, TIME_KEY
 
 MODEL_KINDS = ("teacher", "student")
@@ -161,8 +162,33 @@ def _eval_results(facts: ModelCardFacts) -> list[EvalResult]:
 
 
 def _uses_uni(facts: ModelCardFacts, model) -> bool:
-    weights = str(getattr(getattr(model, "config", None), "backbone_weights", "") or "")
-    return "uni" in weights.lower() or "mahmoodlab/uni" in str(facts.base_model or "").lower()
+    """The checkpoint's own backbone weights are UNI's (recorded in its config, or a UNI Hub id as base)."""
+    identity = identify(getattr(model, "config", None))
+    return bool(identity and identity.uses_uni) or "mahmoodlab/uni" in str(facts.base_model or "").lower()
+
+
+def _teacher_uses_uni(facts: ModelCardFacts) -> bool | None:
+    """Whether a student's teacher has UNI weights: read from a local teacher's config.json; None when unknown
+    (a Hub id or a folder without a config)."""
+    if not facts.teacher:
+        return False
+    if is_local_path(facts.teacher):
+        identity = identify_folder(facts.teacher)
+        return None if identity is None else identity.uses_uni
+    return True if "mahmoodlab/uni" in facts.teacher.lower() else None
+
+
+def card_title(kind: str, model=None) -> str:
+    """What the checkpoint is, from its config: ``AMLPF-CLIP teacher (UNI ViT-L/16 + MLP head)``, or for a test
+    preset ``AMLPF-CLIP teacher: tiny random-init test preset (3-layer ViT, width 64), not UNI``."""
+    identity = identify(getattr(model, "config", None))
+    if identity is None:
+        return f"AMLPF-CLIP {kind}"
+    if identity.test_preset:
+        return f"AMLPF-CLIP {kind}: {identity.description}"
+    if kind == "teacher":
+        return f"AMLPF-CLIP teacher ({identity.description} + MLP head)"
+    return f"AMLPF-CLIP student ({identity.description}, multi-level prompt fusion)"
 
 
 def _license_metadata(facts: ModelCardFacts, model) -> dict:
@@ -184,11 +210,17 @@ def _license_text(facts: ModelCardFacts, model) -> list[str]:
             "`other`: this checkpoint derives from pretrained weights and a dataset that keep their own terms; "
             "read them before any use."
         )
-    if _uses_uni(facts, model) or (facts.kind == "student" and facts.teacher):
+    teacher_uni = _teacher_uses_uni(facts) if facts.kind == "student" else False
+    if _uses_uni(facts, model) or teacher_uni is not False:
+        if _uses_uni(facts, model):
+            bound = "checkpoint, whose backbone weights are UNI's."
+        elif teacher_uni:
+            bound = "checkpoint's teacher (its backbone weights are UNI's), which this student was distilled from."
+        else:
+            bound = "checkpoint's teacher if its backbone weights are UNI's (this card cannot tell)."
         lines.append(
-            f"- UNI (MahmoodLab), the teacher's backbone: its weights have their own terms of use (non-commercial "
-            f"research, access gated on request): {UNI_REPO_PAGE}. They bind this "
-            + ("checkpoint." if _uses_uni(facts, model) else "checkpoint's teacher when it was fine-tuned from UNI.")
+            f"- UNI (MahmoodLab): its weights have their own terms of use (non-commercial research, access gated on "
+            f"request): {UNI_REPO_PAGE}. They bind this {bound}"
         )
     base = _hub_id(facts.base_model)
     if base:
@@ -297,24 +329,29 @@ def model_card(facts: ModelCardFacts, model=None) -> ModelCard:
             fix="pass the dataset's class names in label order (the model's config.id2label)",
         )
     kind = facts.kind
+    identity = identify(config)
     name = (facts.hub_model_id or f"amlpf-{kind}-{facts.dataset}").split("/")[-1]
     card_data = ModelCardData(
         model_name=name,
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["histopathology", "pathology", "amlpf-clip", f"amlpf-{kind}"]
-        + (["synthetic-data"] if facts.synthetic else []),
+        + (["synthetic-data"] if facts.synthetic else [])
+        + (["tiny-test-preset"] if identity is not None and identity.test_preset else []),
         base_model=_hub_id(facts.base_model),
         datasets=_hub_id(facts.dataset) if "/" in facts.dataset else None,
         eval_results=_eval_results(facts) or None,
         **_license_metadata(facts, model),
     )
 
-    title = (
-        "AMLPF-CLIP student (CLIP, multi-level prompt fusion)" if kind == "student"
-        else "AMLPF-CLIP teacher (UNI-style ViT + MLP head)"
-    )
-    lines = [f"# {title}: {_dataset_title(facts.dataset)}", ""]
+    lines = [f"# {card_title(kind, model)} · {_dataset_title(facts.dataset)}", ""]
+    if identity is not None and identity.test_preset:
+        lines += [
+            f"> **{identity.description[:1].upper()}{identity.description[1:]}**: a few-layer model trained from "
+            "random weights to exercise the pipeline. Its numbers say nothing about AMLPF-CLIP with the paper's "
+            "backbones (a UNI ViT-L/16 teacher, an OpenAI CLIP RN50 student); do not use it on real data.",
+            "",
+        ]
     if facts.synthetic:
         lines += [
             "> **Trained on SYNTHETIC demo images** (procedurally drawn, not tissue). For demonstration only.",

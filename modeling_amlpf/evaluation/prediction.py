@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import pickle
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,10 +56,13 @@ class UnreadableImageError(RuntimeError):
 
 @dataclass
 class ImageInputs:
-    """The images to predict, in output order, and the folder entries that were not images."""
+    """The images to predict, in output order, and the folder entries that were not images. ``labels``: the true
+    class name of each path when the input carries labels (a ``split.json``; None for the other paths), else
+    None."""
 
     paths: list[str]
     skipped: list[str] = field(default_factory=list)
+    labels: list[str | None] | None = None
 
 
 def read_csv_paths(csv_file: str | os.PathLike, path_column: str = "path") -> list[str]:
@@ -94,6 +97,14 @@ def read_split_paths(
 ) -> list[str]:
     """Image paths of one part of a `split.json` written by the training scripts (`export_split`): its paths
     are relative to the data root recorded in the file, or to `data_dir` when the data has moved."""
+    return read_split_entries(split_file, part, data_dir)[0]
+
+
+def read_split_entries(
+    split_file: str | os.PathLike, part: str = "test", data_dir: str | os.PathLike | None = None
+) -> tuple[list[str], list[str]]:
+    """`(paths, labels)` of one part of a `split.json`: the paths as `read_split_paths`, the labels as class
+    names (the file's `class_names`)."""
     from ..data import load_split_file
 
     split_file = os.fspath(split_file)
@@ -115,7 +126,9 @@ def read_split_paths(
     entries = split["parts"][part]
     if not entries:
         raise PredictionInputError(f"--split_file {split_file}: part {part!r} is empty.")
-    return [join_relative(root, entry[0]) for entry in entries]
+    names = list(split.get("class_names") or [])
+    labels = [names[int(entry[1])] if 0 <= int(entry[1]) < len(names) else str(entry[1]) for entry in entries]
+    return [join_relative(root, entry[0]) for entry in entries], labels
 
 
 def find_images(
@@ -170,14 +183,17 @@ def find_images(
             raise PredictionInputError(f"{printable_path(item)}: no such file or folder.")
     if csv_file is not None:
         paths.extend(read_csv_paths(csv_file, path_column))
+    labels = None
     if split_file is not None:
-        paths.extend(read_split_paths(split_file, split_part, data_dir))
+        split_paths, split_labels = read_split_entries(split_file, split_part, data_dir)
+        labels = [None] * len(paths) + split_labels
+        paths.extend(split_paths)
     if not paths:
         raise PredictionInputError(
             "no images to predict: pass image files or folders, --csv FILE --path_column COLUMN, "
             "or --split_file split.json."
         )
-    return ImageInputs(paths=paths, skipped=skipped)
+    return ImageInputs(paths=paths, skipped=skipped, labels=labels)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -353,10 +369,11 @@ def level_names_of(model: Any) -> list[str]:
     return [str(level) for level in (getattr(model.config, "prompt_levels", None) or [])]
 
 
-def csv_columns(class_names: Sequence[str], level_names: Sequence[str] = ()) -> list[str]:
-    """Columns of predictions.csv: path, the fused prediction, one probability per class, the global view's
-    prediction, each prompt level's prediction (students), the overlay file and the error (empty when fine)."""
-    columns = ["path", "prediction", "probability"]
+def csv_columns(class_names: Sequence[str], level_names: Sequence[str] = (), with_labels: bool = False) -> list[str]:
+    """Columns of predictions.csv: path, the fused prediction, the true `label` (when the input carries labels),
+    one probability per class, the global view's prediction, each prompt level's prediction (students), the
+    overlay file and the error (empty when fine)."""
+    columns = ["path", "prediction"] + (["label"] if with_labels else []) + ["probability"]
     columns += [f"prob_{name}" for name in class_names]
     columns += ["pred_global_view", "prob_global_view"]
     for level in level_names:
@@ -404,6 +421,15 @@ def render_overlay(
     crops first and the global view last; `level_probabilities` is (L, C) in the order of `level_names`.
     Fixed axes positions and plain text rows (no layout engine, no table) keep one figure cheap to draw.
     """
+    from .fonts import fonts_for
+
+    with fonts_for([*map(str, class_names), title]):
+        return _render_overlay(image, size, boxes, class_names, probabilities, view_probabilities,
+                               level_probabilities, level_names, title)
+
+
+def _render_overlay(image, size, boxes, class_names, probabilities, view_probabilities, level_probabilities,
+                    level_names, title):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
@@ -524,11 +550,86 @@ class _OverlayWriter:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def choose_overlays(
+    predictions: Sequence[int | None], count: int, labels: Sequence[int | None] | None = None,
+    confidences: Sequence[float] | None = None,
+) -> list[int]:
+    """Indices of the `count` images to draw, in input order: spread across the predicted classes (one of each
+    predicted class in turn), and, when true labels are known, the mistakes first (the most confident mistakes
+    first), then correct predictions. Images without a prediction (unreadable) are never chosen."""
+    confidences = list(confidences) if confidences is not None else [0.0] * len(predictions)
+    known = labels is not None
+    candidates = [i for i, p in enumerate(predictions) if p is not None]
+    mistakes = [i for i in candidates if known and labels[i] is not None and labels[i] != predictions[i]]
+    wrong = set(mistakes)
+    rest = [i for i in candidates if i not in wrong]
+    chosen: list[int] = []
+    for group, by_confidence in ((mistakes, True), (rest, False)):
+        by_class: dict[int, list[int]] = {}
+        for i in sorted(group, key=lambda i: -confidences[i]) if by_confidence else group:
+            by_class.setdefault(int(predictions[i]), []).append(i)
+        queues = [by_class[c] for c in sorted(by_class)]
+        while len(chosen) < count and any(queues):
+            for queue in queues:
+                if queue and len(chosen) < count:
+                    chosen.append(queue.pop(0))
+        if len(chosen) >= count:
+            break
+    return sorted(chosen)
+
+
 def overlay_name(index: int, path: str, total: int) -> str:
     """`<index>_<file stem>.png`: unique even when two folders hold files of the same name."""
     digits = max(5, len(str(total)))
     stem = printable_path(Path(path).stem).replace("\\", "")  # undecodable bytes as `xe9`: a UTF-8 name
     return f"{index:0{digits}d}_{stem}.png"
+
+
+def overlay_title(path: str, label: str | None = None) -> str:
+    """An overlay's title: the file, and its true class when known."""
+    return path if label is None else f"{path}\ntrue class: {label}"
+
+
+def _draw_chosen_overlays(
+    rows: list[dict], drawn: dict[int, dict], paths: Sequence[str], labels: Sequence[str | None] | None,
+    class_names: Sequence[str], level_names: Sequence[str], processor: Any, count: int, overlay_dir: Path,
+    overlays: _OverlayWriter,
+) -> None:
+    """Choose `count` of the predicted images (`choose_overlays`), decode their previews again and submit their
+    overlays; fills the `overlay` column of their rows."""
+    index_of = {name: i for i, name in enumerate(class_names)}
+    predictions = [index_of.get(row["prediction"]) if row["prediction"] else None for row in rows]
+    true = None if labels is None else [index_of.get(label, -1) if label is not None else None for label in labels]
+    confidences = [float(row["probability"]) if row["probability"] else 0.0 for row in rows]
+    for index in choose_overlays(predictions, count, true, confidences):
+        preview = to_rgb(paths[index], convert=getattr(processor, "do_convert_rgb", True))
+        preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        name = overlay_name(index, paths[index], len(paths))
+        rows[index]["overlay"] = f"overlays/{name}"
+        facts = drawn[index]
+        height, width = facts["size"]
+        overlays.submit(
+            overlay_dir / name, image=np.asarray(preview), boxes=crop_boxes(processor, height, width),
+            class_names=class_names, level_names=level_names,
+            title=overlay_title(printable_path(paths[index]), None if labels is None else labels[index]), **facts,
+        )
+
+
+def label_summary(rows: Sequence[Mapping[str, str]], class_names: Sequence[str]) -> dict:
+    """Accuracy over the rows with a true label and a prediction, overall and per true class (the recall of
+    each class): `{"num_labelled", "accuracy", "per_class_accuracy": {class: {"images", "correct",
+    "accuracy"}}}`; a class without labelled images has accuracy None."""
+    per_class = {name: {"images": 0, "correct": 0} for name in class_names}
+    for row in rows:
+        if row.get("label") and row.get("prediction"):
+            entry = per_class.setdefault(row["label"], {"images": 0, "correct": 0})
+            entry["images"] += 1
+            entry["correct"] += int(row["prediction"] == row["label"])
+    for entry in per_class.values():
+        entry["accuracy"] = entry["correct"] / entry["images"] if entry["images"] else None
+    total = sum(entry["images"] for entry in per_class.values())
+    correct = sum(entry["correct"] for entry in per_class.values())
+    return {"num_labelled": total, "accuracy": correct / total if total else None, "per_class_accuracy": per_class}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -556,12 +657,16 @@ def predict_files(
     model_name: str | None = None,
     skipped: Sequence[str] = (),
     progress: bool = True,
+    labels: Sequence[str | None] | None = None,
 ) -> dict:
     """Predict every path; write `predictions.csv`, `summary.json` and `overlays/*.png` to `output_dir`.
 
     Probabilities are the softmax of the model's fused `logits` in fp32 (the model itself may run under bf16
-    autocast, see `autocast_dtype`). `max_overlays`: overlays for the first N inputs (None: all, 0: none), drawn
-    by `overlay_processes` processes (0: one background thread; None: `default_overlay_processes`).
+    autocast, see `autocast_dtype`). `max_overlays`: overlays for N images (None: all, 0: none) chosen by
+    `choose_overlays` (across the predicted classes, mistakes first when labels are known), drawn by
+    `overlay_processes` processes (0: one background thread; None: `default_overlay_processes`). `labels`: the
+    true class name of each path (None where unknown, e.g. from `find_images` with a split file): adds a
+    `label` column to predictions.csv and the per-class accuracy to summary.json.
     An unreadable file gets a row with an empty prediction and the reason in `error`, and the run goes on;
     `strict=True` raises `UnreadableImageError` instead (so does a run where no file could be read, after
     writing the CSV and the summary). Paths whose bytes are not UTF-8 are written with `\\x..` escapes.
@@ -579,16 +684,21 @@ def predict_files(
     overlay_dir = output_dir / "overlays"
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = list(paths)
+    if labels is not None and len(labels) != len(paths):
+        raise PredictionInputError(f"{len(labels)} labels for {len(paths)} images: give one label (or None) per path.")
+    labelled = labels is not None and any(label is not None for label in labels)
     overlay_count = len(paths) if max_overlays is None or max_overlays < 0 else min(int(max_overlays), len(paths))
+    # Drawing only some images: chosen after inference (across classes, mistakes first), so rows wait until then.
+    choose_later = 0 < overlay_count < len(paths)
     if overlay_count:
         overlay_dir.mkdir(exist_ok=True)
 
     class_names = class_names_of(model)
     level_names = level_names_of(model)
-    columns = csv_columns(class_names, level_names)
+    columns = csv_columns(class_names, level_names, with_labels=labelled)
     model = model.to(device).eval()
     loader = DataLoader(
-        ImageFileDataset(paths, processor, preview_count=overlay_count),
+        ImageFileDataset(paths, processor, preview_count=0 if choose_later else overlay_count),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_items,
@@ -601,6 +711,8 @@ def predict_files(
     overlays = _OverlayWriter(processes=overlay_processes if overlay_count else 0)
     start = time.perf_counter()
     finished = False
+    rows: list[dict] = []  # every row, in input order (written at the end when overlays are chosen later)
+    drawn: dict[int, dict] = {}  # what an overlay needs of each predicted image, when they are chosen later
     try:
         csv_file = open(output_dir / "predictions.csv", "w", newline="", encoding="utf-8", errors="backslashreplace")
         with csv_file as handle, tqdm(total=len(paths), unit="img", desc="predict", disable=not progress) as bar:
@@ -629,7 +741,11 @@ def predict_files(
                             )
                         row["error"] = item["error"]
                         failures.append({"path": row["path"], "error": item["error"]})
-                        writer.writerow(row)
+                        if labelled:
+                            row["label"] = labels[item["index"]] or ""
+                        rows.append(row)
+                        if not choose_later:
+                            writer.writerow(row)
                         continue
                     p = probs[row_in_batch]
                     views = None if view_probs is None else view_probs[row_in_batch]
@@ -638,6 +754,8 @@ def predict_files(
                     best = int(p.argmax())
                     counts[class_names[best]] += 1
                     row["prediction"] = class_names[best]
+                    if labelled:
+                        row["label"] = labels[item["index"]] or ""
                     row["probability"] = f"{p[best]:.6g}"
                     for name, value in zip(class_names, p, strict=True):
                         row[f"prob_{name}"] = f"{value:.6g}"
@@ -648,6 +766,9 @@ def predict_files(
                         for level, level_p in zip(level_names, levels, strict=True):
                             row[f"pred_level_{level}"] = class_names[int(level_p.argmax())]
                             row[f"prob_level_{level}"] = f"{level_p.max():.6g}"
+                    if choose_later:
+                        drawn[item["index"]] = dict(size=item["size"], probabilities=p, view_probabilities=views,
+                                                    level_probabilities=levels)
                     if item["preview"] is not None:
                         name = overlay_name(item["index"], path, len(paths))
                         row["overlay"] = f"overlays/{name}"
@@ -656,10 +777,19 @@ def predict_files(
                             overlay_dir / name,
                             image=item["preview"], size=item["size"], boxes=crop_boxes(processor, height, width),
                             class_names=class_names, probabilities=p, view_probabilities=views,
-                            level_probabilities=levels, level_names=level_names, title=row["path"],
+                            level_probabilities=levels, level_names=level_names,
+                            title=overlay_title(row["path"], labels[item["index"]] if labelled else None),
                         )
-                    writer.writerow(row)
+                    rows.append(row)
+                    if not choose_later:
+                        writer.writerow(row)
                 bar.update(len(batch["items"]))
+            if choose_later:
+                _draw_chosen_overlays(
+                    rows, drawn, paths, labels if labelled else None, class_names, level_names, processor,
+                    overlay_count, overlay_dir, overlays,
+                )
+                writer.writerows(rows)
         seconds = time.perf_counter() - start
         finished = True
     finally:
@@ -681,6 +811,7 @@ def predict_files(
         "num_predicted": predicted,
         "num_failed": len(failures),
         "counts": counts,
+        **(label_summary(rows, class_names) if labelled else {}),
         "failures": failures,
         "skipped_files": {"count": len(skipped), "examples": list(map(printable_path, list(skipped)[:SAMPLE_LIMIT]))},
         "overlays": overlays.written,
@@ -706,15 +837,18 @@ __all__ = [
     "PredictionInputError",
     "UnreadableImageError",
     "autocast_dtype",
+    "choose_overlays",
     "class_colors",
     "collate_items",
     "crop_boxes",
     "csv_columns",
     "default_overlay_processes",
     "find_images",
+    "label_summary",
     "load_model_and_processor",
     "predict_files",
     "read_csv_paths",
+    "read_split_entries",
     "read_split_paths",
     "render_overlay",
     "resolve_device",

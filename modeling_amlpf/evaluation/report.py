@@ -1,10 +1,14 @@
-"""Compare the runs of one output folder (teacher, student, the student's zero-shot start, the majority-class
-baseline of the same test split and, for the paper's settings, the published results) and re-create the run's
-pictures from its files.
+"""Compare the runs of one output folder (teacher, student, the student's zero-shot start, ablations such as a
+CE-only student, the majority-class baseline of the same test split and, for the paper's settings with the
+paper's backbones, the published results) and re-create the runs' pictures from their files.
 
-    python -m modeling_amlpf.report outputs/demo              # a dataset folder with teacher/ and student/
+    python -m modeling_amlpf.report outputs/demo              # teacher/, student/, student-<ablation>/ folders
     python -m modeling_amlpf.report outputs/chaoyang/student  # one run, or a --split_seeds root (split_<k>/)
     python -m modeling_amlpf.report slides RESULTS            # heatmaps of a `wsinfer run` (modeling_amlpf.slides)
+
+Over repeated runs each cell is mean ± sample std: ``split_<k>/`` folders (``--split_seeds``: other splits) or
+``seed_<k>/`` folders that each hold a dataset folder's runs (other training seeds, e.g. ``make demo``'s
+``outputs/demo/seed_<k>/{teacher,student,student-ce}``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
+from .identity import identify_folder, paper_comparison
 
 COLUMNS = ("accuracy", "macro_f1", "macro_auroc", "balanced_accuracy", "cohen_kappa", "mcc")
 KINDS = ("teacher", "student")
+# Ablations of the student: sibling folders ``student-<name>/`` (e.g. ``student-ce``), one row each.
+ABLATION_PREFIX = "student-"
 MODEL_TYPES = {"amlpf_teacher": "teacher", "amlpf_clip": "student"}
 SPLIT_FILE = "split.json"
 ZERO_SHOT_ROW = "student, zero-shot (prompts only)"
@@ -32,6 +39,10 @@ ROWS = (
     ("student (AMLPF-CLIP)", "student", "test_results.json", "test_"),
 )
 _SPLIT_DIR = re.compile(r"split_(\d+)$")
+_SEED_DIR = re.compile(r"seed_(\d+)$")
+CARD_FILE = "README.md"
+# The recipe lines of a student's model card ("- resampling: `none (gamma 2.0)`"), to describe an ablation row.
+_CARD_RECIPE = re.compile(r"^- (resampling|distillation): `([^`]*)`", re.MULTILINE)
 
 
 def majority_baseline(split_file: Path) -> dict:
@@ -48,10 +59,19 @@ def majority_baseline(split_file: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ layout
+def _numbered_dirs(folder: Path, pattern: re.Pattern) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := pattern.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
 def split_dirs(folder: Path) -> list[Path]:
     """The ``split_<k>/`` runs of a ``--split_seeds`` root, by k; empty for a single run."""
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _SPLIT_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return _numbered_dirs(folder, _SPLIT_DIR)
+
+
+def seed_dirs(folder: Path) -> list[Path]:
+    """The ``seed_<k>/`` folders of a seed sweep (each a dataset folder of runs), by k; empty otherwise."""
+    return _numbered_dirs(folder, _SEED_DIR)
 
 
 def run_dirs(folder: Path) -> list[Path]:
@@ -69,17 +89,38 @@ def _kind_of(folder: Path) -> str | None:
 
 
 def kind_folders(folder: Path) -> dict[str, Path]:
-    """``{kind: folder}``: a dataset folder's ``teacher/`` and ``student/``, or the folder itself as one kind."""
+    """``{name: folder}``: a dataset folder's ``teacher/``, ``student/`` and ``student-<ablation>/`` folders, or the
+    folder itself as one kind."""
     found = {kind: folder / kind for kind in KINDS if (folder / kind).is_dir()}
+    found.update({p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.startswith(ABLATION_PREFIX)})
     if found:
         return found
     kind = _kind_of(folder)
     if kind is None:
         raise FileNotFoundError(
-            f"{folder} is neither a dataset folder of outputs (with teacher/ or student/) nor a run folder (with "
-            "config.json, or split_<k>/ runs); pass e.g. outputs/demo or outputs/demo/student"
+            f"{folder} is neither a dataset folder of outputs (with teacher/ or student/, or seed_<k>/ folders of "
+            "them) nor a run folder (with config.json, or split_<k>/ runs); pass e.g. outputs/demo or "
+            "outputs/demo/seed_1/student"
         )
     return {kind: folder}
+
+
+def run_groups(folder: Path) -> tuple[dict[str, list[Path]], str | None]:
+    """``({name: [run folders]}, repeat)``: every run of each kind over the ``seed_<k>/`` folders (training
+    seeds) and ``split_<k>/`` folders (splits) of ``folder``; ``repeat`` names what varies ("seeds", "splits",
+    "seeds and splits", or None for single runs)."""
+    seeds = seed_dirs(folder)
+    groups: dict[str, list[Path]] = {}
+    has_splits = False
+    for dataset_folder in seeds or [folder]:
+        for name, kind_folder in kind_folders(dataset_folder).items():
+            splits = split_dirs(kind_folder)
+            has_splits = has_splits or bool(splits)
+            groups.setdefault(name, []).extend(splits or [kind_folder])
+    repeat = {(True, True): "seeds and splits", (True, False): "seeds", (False, True): "splits"}.get(
+        (bool(seeds), has_splits)
+    )
+    return groups, repeat
 
 
 def _split_info(run: Path) -> dict:
@@ -102,8 +143,8 @@ def run_name_of(run: Path) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ table
-def _cell(values: list[float]) -> str:
-    """One value in percent, or mean ± sample std over splits (noting splits where the metric is undefined)."""
+def _cell(values: list[float], unit: str = "splits") -> str:
+    """One value in percent, or mean ± sample std over runs (noting the runs where the metric is undefined)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return "n/a"
@@ -111,18 +152,18 @@ def _cell(values: list[float]) -> str:
     if len(finite) > 1:
         text = f"{100 * np.mean(finite):.2f} ± {100 * np.std(finite, ddof=1):.2f}"
     if len(finite) < len(values):
-        text += f" ({len(finite)} of {len(values)} splits)"
+        text += f" ({len(finite)} of {len(values)} {unit})"
     return text
 
 
-def _row(name: str, per_run: list[dict], prefix: str) -> str:
+def _row(name: str, per_run: list[dict], prefix: str, unit: str = "splits") -> str:
     cells = []
     for key in COLUMNS:
         values = []
         for metrics in per_run:
             value = metrics.get(f"{prefix}{key}", metrics.get(key))
             values.append(float("nan") if value is None else float(value))
-        cells.append(_cell(values))
+        cells.append(_cell(values, unit))
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
@@ -144,51 +185,103 @@ def _titles() -> list[str]:
     return [METRIC_TITLES[key] for key in COLUMNS]
 
 
-def render_report(run_dir: Path) -> str:
-    """A markdown table of test metrics (%) of every run in ``run_dir``, with notes under it.
+def ablation_label(name: str, runs: list[Path]) -> str:
+    """A row name for a ``student-<name>/`` folder, with what its model card records of the recipe (resampling,
+    distillation), e.g. ``student-ce: CE only (resampling none, distillation off)``."""
+    recipe: dict[str, str] = {}
+    for run in runs:
+        card = run / CARD_FILE
+        if card.is_file():
+            recipe = dict(_CARD_RECIPE.findall(card.read_text(encoding="utf-8")))
+            break
+    resampling = recipe.get("resampling", "").split(" (")[0]
+    distillation = recipe.get("distillation", "")
+    if not recipe:
+        return name
+    detail = f"resampling {resampling or '?'}, distillation {distillation or '?'}"
+    if resampling == "none" and distillation == "off":
+        return f"{name}: CE only ({detail})"
+    return f"{name} ({detail})"
 
-    ``run_dir`` is a dataset folder (``teacher/`` and ``student/``), one kind's folder, or a ``--split_seeds``
-    root; over several splits each cell is mean ± sample std.
+
+def _rows(groups: dict[str, list[Path]]):
+    """``(row name, runs, results file, key prefix)`` in table order: teacher, zero-shot, student, ablations."""
+    for name, kind, file, prefix in ROWS:
+        if kind in groups:
+            yield name, [run for run in groups[kind] if (run / file).is_file()], file, prefix
+    for folder in sorted(name for name in groups if name.startswith(ABLATION_PREFIX)):
+        runs = [run for run in groups[folder] if (run / "test_results.json").is_file()]
+        yield ablation_label(folder, runs), runs, "test_results.json", "test_"
+
+
+def render_report(run_dir: Path) -> str:
+    """A markdown table of test metrics (%) of every run in ``run_dir``, with a preamble above and notes under it.
+
+    ``run_dir`` is a dataset folder (``teacher/``, ``student/``, ``student-<ablation>/``), a folder of
+    ``seed_<k>/`` dataset folders, one kind's folder, or a ``--split_seeds`` root; over several runs each cell is
+    mean ± sample std.
     """
     run_dir = Path(run_dir)
-    folders = kind_folders(run_dir)
+    groups, repeat = run_groups(run_dir)
+    unit = repeat or "runs"
     titles = _titles()
     lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
-    notes, baseline_runs, dataset, n_runs = [], None, None, set()
-    for name, kind, file, prefix in ROWS:
-        if kind not in folders:
-            continue
-        runs = [run for run in run_dirs(folders[kind]) if (run / file).is_file()]
-        if not runs:
-            continue
-        lines.append(_row(name, [json.loads((run / file).read_text()) for run in runs], prefix))
+    notes, baseline_runs, dataset, n_runs, all_runs = [], None, None, set(), []
+    rows = [row for row in _rows(groups) if row[1]]
+    most = max((len(runs) for _, runs, _, _ in rows), default=0)
+    for name, runs, file, prefix in rows:
+        shown = name if len(runs) == most else f"{name} [{len(runs)} of {most} {unit}]"
+        lines.append(_row(shown, [json.loads((run / file).read_text()) for run in runs], prefix, unit))
         n_runs.add(len(runs))
+        all_runs += runs
         baseline_runs = baseline_runs or [run for run in runs if (run / SPLIT_FILE).is_file()]
         dataset = dataset or run_name_of(runs[0])
         if name == ZERO_SHOT_ROW:
             notes.append(_zero_shot_note(runs[0]))
     if baseline_runs is None:
         raise FileNotFoundError(
-            f"no test_results.json under {run_dir} (teacher/, student/, or their split_<k>/ folders): "
-            "train with --do_predict (the default) first"
+            f"no test_results.json under {run_dir} (teacher/, student/, their split_<k>/ folders, or seed_<k>/ "
+            "folders of them): train with --do_predict (the default) first"
         )
     if baseline_runs:
         baselines = [majority_baseline(run / SPLIT_FILE) for run in baseline_runs]
-        lines.append(_row("majority-class baseline", baselines, ""))
+        lines.append(_row("majority-class baseline", baselines, "", unit))
+    identities = {identify_folder(run) for run in all_runs}
     paper = figures.paper_results(dataset) if dataset else None
     if paper:
-        lines.append(_paper_row(paper))
-        notes.append(
-            f"{figures.PAPER_LABEL}: the published AMLPF-CLIP results ({paper['source']}; {paper.get('note')}); "
-            "ours use group-disjoint splits and select the epoch on validation, so the published numbers are an "
-            "optimistic reference, not a like-for-like comparison."
-        )
+        allowed, reason = paper_comparison(list(identities))
+        if allowed:
+            lines.append(_paper_row(paper))
+            notes.append(
+                f"{figures.PAPER_LABEL}: the published AMLPF-CLIP results ({paper['source']}; {paper.get('note')}); "
+                "ours use group-disjoint splits and select the epoch on validation, so the published numbers are "
+                "an optimistic reference, not a like-for-like comparison."
+            )
+        else:
+            notes.append(f"{figures.PAPER_LABEL} left out: {reason}.")
     if max(n_runs, default=1) > 1:
-        notes.append("over several splits, cells are mean ± sample std (ddof=1) of the test metrics over the splits.")
+        what = {"seeds": "training seeds (seed_<k>/, the same split)", "splits": "splits (split_<k>/)"}.get(
+            unit, f"{unit} (seed_<k>/ and split_<k>/)"
+        )
+        notes.append(f"over several {what}, cells are mean ± sample std (ddof=1) of the test metrics over them"
+                     + ("; a row with fewer runs says how many in brackets." if len(n_runs) > 1 else "."))
     text = "\n".join(lines)
     if notes:
         text += "\n\nNotes:\n" + "\n".join(f"- {note}" for note in notes)
-    return text
+    preamble = _preamble(dataset, [identity for identity in identities if identity is not None])
+    return f"{preamble}\n\n{text}" if preamble else text
+
+
+def _preamble(dataset: str | None, identities) -> str:
+    """What the numbers are when they are not a real result: synthetic images and/or tiny random-init presets."""
+    tiny = sorted({identity.kind for identity in identities if identity.test_preset})
+    synthetic = dataset == "demo"
+    if not tiny and not synthetic:
+        return ""
+    models = f"tiny random-init test presets ({' and '.join(tiny)})" if tiny else "these models"
+    data = "SYNTHETIC demo images (procedurally drawn, not tissue)" if synthetic else f"the {dataset} data"
+    return (f"**Read this first:** {models} on {data}. The numbers show that the pipeline learns, not the "
+            "paper's accuracy (which needs the UNI teacher, the CLIP RN50 student and a real dataset).")
 
 
 def _zero_shot_note(run: Path) -> str:
@@ -210,20 +303,22 @@ def _zero_shot_note(run: Path) -> str:
 def write_figures(run_dir: Path) -> list[Path]:
     """Re-create every picture of the runs in ``run_dir`` (same layouts as ``render_report``)."""
     written = []
-    for kind, folder in kind_folders(Path(run_dir)).items():
-        runs = run_dirs(folder)
-        for run in runs:
-            info = _split_info(run)
-            dataset = run_name_of(run) or folder.resolve().parent.name
-            title = figures.run_title(kind, dataset, info.get("split_seed"))
-            written += [run / name for name in figures.write_run_figures(run, title=title)]
-        if split_dirs(folder):
-            dataset = run_name_of(runs[0]) or folder.resolve().parent.name
-            name = figures.write_splits_figure(
-                folder, dataset=dataset, title=figures.run_title(kind, dataset), compare_to_paper=kind == "student"
-            )
-            if name:
-                written.append(folder / name)
+    run_dir = Path(run_dir)
+    for dataset_folder in seed_dirs(run_dir) or [run_dir]:
+        for kind, folder in kind_folders(dataset_folder).items():
+            runs = run_dirs(folder)
+            for run in runs:
+                info = _split_info(run)
+                dataset = run_name_of(run) or folder.resolve().parent.name
+                title = figures.run_title(kind, dataset, info.get("split_seed"))
+                written += [run / name for name in figures.write_run_figures(run, title=title)]
+            if split_dirs(folder):
+                dataset = run_name_of(runs[0]) or folder.resolve().parent.name
+                name = figures.write_splits_figure(
+                    folder, dataset=dataset, title=figures.run_title(kind, dataset), compare_to_paper=kind == "student"
+                )
+                if name:
+                    written.append(folder / name)
     return written
 
 

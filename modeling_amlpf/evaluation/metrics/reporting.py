@@ -235,18 +235,28 @@ def confusion_matrix_title(model: str, split: str, dataset: str | None = None) -
     return f"{title} ({dataset})" if dataset else title
 
 
-def plot_confusion_matrix(
-    cm, class_names: Sequence[str], path, normalize: bool = True, title: str | None = None
-) -> Path:
-    """Write a confusion-matrix PNG with scikit-learn's ``ConfusionMatrixDisplay``: colours and values are
-    row-normalised (recall) when ``normalize``, with the counts in brackets; raw counts otherwise.
+LABEL_WIDTH = 18  # characters per line of a class name on a confusion plot's axes (longer names wrap)
 
-    ``title`` should name the model and the split (:func:`confusion_matrix_title`). Drawn on a
-    ``matplotlib.figure.Figure`` with an Agg canvas so the backend of a user's session is left alone.
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width=width, break_long_words=False)) or str(text)
+
+
+def build_confusion_figure(cm, class_names: Sequence[str], normalize: bool = True, title: str | None = None):
+    """The confusion-matrix ``Figure`` (scikit-learn's ``ConfusionMatrixDisplay`` on an Agg canvas): colours and
+    values are row-normalised (recall) when ``normalize``, with the counts in brackets; raw counts otherwise.
+
+    Legible with many classes and long names: the x labels stay horizontal, wrapped to the width of a cell, the
+    y labels wrap at ``LABEL_WIDTH`` characters, the canvas grows with the number of classes and the name
+    length, a constrained layout keeps labels, colour bar and title inside the canvas, and a long title wraps.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
+
+    from ..fonts import fonts_for
 
     counts = np.asarray(cm)
     n = len(class_names)
@@ -262,24 +272,48 @@ def plot_confusion_matrix(
         shown = counts.astype(np.int64)
         vmax, values_format = max(int(shown.max()), 1), "d"
 
-    size = 1.0 + 0.9 * n
-    fig = Figure(figsize=(size + 1.5, size + 0.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    display = ConfusionMatrixDisplay(confusion_matrix=shown, display_labels=list(class_names))
-    display.plot(
-        ax=ax, cmap="Blues", xticks_rotation=45, values_format=values_format, im_kw={"vmin": 0, "vmax": vmax},
-        text_kw={"fontsize": 8},
-    )
-    display.im_.colorbar.set_label("fraction of true class" if normalize else "count")
-    if normalize:
-        for (i, j), text in np.ndenumerate(display.text_):
-            text.set_text(f"{shown[i, j]:.2f}\n({int(counts[i, j])})")
-    ax.set_xlabel("Predicted class")
-    ax.set_ylabel("True class")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
+    # x labels stay horizontal, wrapped to the width of one cell; y labels wrap at LABEL_WIDTH characters.
+    cell = 1.15  # inches
+    font = 9 if n <= 8 else 7
+    per_line = max(8, int(cell * 72 / (0.55 * font)))  # about 0.55 em per character
+    x_labels = [_wrap(name, per_line) for name in class_names]
+    y_labels = [_wrap(name, LABEL_WIDTH) for name in class_names]
+    longest = max((len(line) for label in y_labels for line in label.splitlines()), default=1)
+    x_lines = max(label.count("\n") + 1 for label in x_labels)
+    width = 1.2 + longest * 0.6 * font / 72 + n * cell + 1.3  # margin, y labels, matrix, colour bar
+    height = 1.3 + x_lines * 1.3 * font / 72 + n * cell * 0.8  # title, x labels, matrix
+    with fonts_for([*map(str, class_names), title or ""]):
+        fig = Figure(figsize=(max(width, 5.0), max(height, 4.5)), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        display = ConfusionMatrixDisplay(confusion_matrix=shown, display_labels=y_labels)
+        display.plot(
+            ax=ax, cmap="Blues", values_format=values_format, im_kw={"vmin": 0, "vmax": vmax},
+            text_kw={"fontsize": 8 if n <= 8 else 6},
+        )
+        ax.set_aspect("auto")
+        display.im_.colorbar.set_label("fraction of true class" if normalize else "count")
+        if normalize:
+            for (i, j), text in np.ndenumerate(display.text_):
+                text.set_text(f"{shown[i, j]:.2f}\n({int(counts[i, j])})")
+        ax.set_xticks(range(n), x_labels, rotation=0, ha="center", fontsize=font)
+        ax.set_yticks(range(n), y_labels, fontsize=font)
+        ax.set_xlabel("Predicted class")
+        ax.set_ylabel("True class")
+        if title:
+            characters = max(30, int(fig.get_figwidth() * 9))  # about 9 characters per inch at 12 pt
+            fig.suptitle(_wrap(title, characters), fontsize=12)
+    return fig
+
+
+def plot_confusion_matrix(
+    cm, class_names: Sequence[str], path, normalize: bool = True, title: str | None = None
+) -> Path:
+    """Write the confusion-matrix PNG of :func:`build_confusion_figure` to ``path``.
+
+    ``title`` should name the model and the split (:func:`confusion_matrix_title`).
+    """
+    fig = build_confusion_figure(cm, class_names, normalize=normalize, title=title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=150)
