@@ -459,7 +459,7 @@ def test_confusion_matrix_png(tmp_path, monkeypatch, normalize):
     assert matplotlib.get_backend() == backend_before
 
     ax = saved[0].axes[0]
-    assert ax.get_title() == "Student, test split (chaoyang)"
+    assert saved[0].get_suptitle() == "Student, test split (chaoyang)"  # the figure's title: it wraps when long
     assert [t.get_text() for t in ax.get_xticklabels()] == ["normal", "serrated", "adenoma"]
     cells = [t.get_text() for t in ax.texts]
     if normalize:  # row fractions with the counts: 5 of 6, 7 of 10; the empty row stays 0

@@ -262,6 +262,7 @@ class AmlpfPreTrainedModel(PreTrainedModel):
                 logger.info(f"timm's initialisation for {len(initialised)} image-tower tensor(s): {initialised[:5]}")
         self._freeze()
 
+    # The override point transformers' own TimmWrapperModel uses: gradient_checkpointing_enable() calls it.
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
     ):
@@ -297,7 +298,7 @@ class AmlpfPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         # One class serves AutoModel and AutoModelForImageClassification; register_for_auto_class only
         # records one of them in auto_map, so add the other before the config is written.
-        if self._auto_class is not None:
+        if self._auto_class is not None:  # set by register_for_auto_class; transformers offers no getter
             full_name = f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             for auto_class in ("AutoModel", "AutoModelForImageClassification"):
@@ -413,6 +414,8 @@ class AmlpfClipForImageClassification(AmlpfPreTrainedModel):
 
     def __init__(self, config: AmlpfClipConfig):
         super().__init__(config)
+        # _from_config: how transformers' own composite models (CLIPModel) build their towers (attention
+        # implementation and dtype from the config); no public constructor does that.
         if config.vision_backend == "timm":
             self.vision_model = self._build_timm_tower()
             self._timm_tower_built(self.vision_model)
