@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 import yaml
 from conftest import REPO_ROOT, STUDENT_TINY, TEACHER_TINY, free_port
 from data_trees import make_imagefolder_tree, make_lunghist700_tree
+from hub_fakes import FakeHub
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 import distill_student
@@ -172,28 +172,6 @@ def test_split_seeds_write_one_folder_per_split_and_a_summary(tmp_path):
     assert saved["metrics"]["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
     assert saved["metrics"]["accuracy"]["std"] == pytest.approx(float(torch.tensor(accs).std()), abs=1e-9)
     assert "±" in (out / "splits_summary.md").read_text()
-
-
-class FakeHub:
-    """Stands in for the Hub API: creating a repo and uploading a folder copy files locally."""
-
-    def __init__(self, root: Path):
-        self.root, self.uploads = root, []
-
-    def create_repo(self, repo_id, **kwargs):
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
-        target = self.root / repo_id
-        shutil.copytree(folder_path, target, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(*ignore_patterns))
-        self.uploads.append(repo_id)
-        return "commit"
-
-    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kwargs):
-        (self.root / repo_id / path_in_repo).write_bytes(Path(path_or_fileobj).read_bytes())
-        self.uploads.append(f"{repo_id}/{path_in_repo}")
-        return "commit"
 
 
 def test_push_to_hub_uploads_a_loadable_model_with_code_and_card(lung_env, tmp_path, monkeypatch):

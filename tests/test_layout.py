@@ -90,7 +90,8 @@ def test_models_folder_is_exactly_the_remote_code(tiny_teacher, tmp_path):
 @pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_checkpoint_saved_before_the_layout_loads_and_predicts_the_same(kind):
     """A folder written by the flat-layout code (``tests/fixtures/pre_layout``) loads through the Auto classes
-    and gives the logits it gave then, processor included."""
+    and gives the logits it gave then, processor included. (The student folder keeps its weights, configs and
+    tokenizer only: its copy of the flat-layout code is the teacher folder's, which the remote-code test runs.)"""
     from transformers import AutoImageProcessor, AutoModel
 
     import modeling_amlpf

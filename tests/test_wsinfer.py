@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, STUDENT_TINY, TEACHER_TINY
+from hub_fakes import FakeHub
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -285,25 +285,6 @@ def test_cli_refuses_tiles_smaller_than_the_crops(checkpoints, tmp_path, capsys)
     code = export_main(["wsinfer", "--model", str(checkpoints["teacher"]), "--output_dir", str(tmp_path / "o"),
                         "--spacing_um_px", "0.5", "--patch_size_pixels", "32"])
     assert code == 2 and "pass at least 64" in capsys.readouterr().err
-
-
-class FakeHub:
-    """Stands in for HfApi: creating a repo and uploading a folder copy the allowed files locally."""
-
-    def __init__(self, root: Path):
-        self.root, self.uploads = root, []
-
-    def create_repo(self, repo_id, **kwargs):
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def upload_folder(self, repo_id, folder_path, allow_patterns=None, **kwargs):
-        target = self.root / repo_id
-        target.mkdir(parents=True, exist_ok=True)
-        for path in Path(folder_path).iterdir():
-            if allow_patterns is None or path.name in allow_patterns:
-                shutil.copy(path, target / path.name)
-        self.uploads.append(repo_id)
-        return "commit"
 
 
 def test_push_to_hub_uploads_the_wsinfer_layout(checkpoints, tmp_path, monkeypatch):
